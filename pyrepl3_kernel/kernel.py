@@ -1,0 +1,553 @@
+"""PyRepl3Kernel: Jupyter requests in, Session calls out.
+
+Thread ownership. The main thread runs the asyncio loop that owns the pool,
+every session, the output stage and the stdin shadow socket. The control
+thread (ipykernel's) only deserialises control requests: an interrupt is
+handed to the main loop at once, without waiting behind the control lock,
+and every other control request runs its work on the main loop too and
+answers from the control thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import psutil
+import zmq
+import zmq.asyncio
+from ipykernel.kernelbase import Kernel
+from ipykernel._version import kernel_protocol_version
+from traitlets import Any as AnyTrait
+
+from ._version import __version__
+from .errors import PyRepl3Error, WorkerDiedError, WorkerStartError
+from .output.stage import OutputStage
+from .protocol.messages import Kind, WorkerMessage
+from .session.pool import SessionPool
+from .session.session import ExecuteOutcome, Session
+
+__all__ = ["PyRepl3Kernel"]
+
+T = TypeVar("T")
+
+_COMM_KINDS = {"comm_open": Kind.COMM_OPEN, "comm_msg": Kind.COMM_MSG, "comm_close": Kind.COMM_CLOSE}
+# Control requests answered by an error: these features do not exist here.
+_UNSUPPORTED = ("debug_request", "create_subshell_request", "delete_subshell_request",
+                "list_subshell_request")
+
+
+class PyRepl3Kernel(Kernel):
+    """A Jupyter kernel whose cells run in a supervised worker process."""
+
+    implementation = "pyrepl3"
+    implementation_version = __version__
+    banner = (
+        f"PyREPL3 {__version__}: Python {sys.version.split()[0]} in a supervised worker"
+        " process.\nInterrupts always answer; a crash costs the worker, not the kernel."
+    )
+    language_info = {
+        "name": "python",
+        "version": sys.version.split()[0],
+        "mimetype": "text/x-python",
+        "codemirror_mode": {"name": "ipython", "version": sys.version_info[0]},
+        "pygments_lexer": "ipython3",
+        "nbconvert_exporter": "python",
+        "file_extension": ".py",
+    }
+    help_links = [{"text": "Python", "url": "https://docs.python.org/3/"}]
+
+    msg_types = [*Kernel.msg_types, *_COMM_KINDS]
+    control_msg_types = [*Kernel.control_msg_types, *_COMM_KINDS]
+
+    # Accepted from ipykernel's app, which passes them to every kernel class.
+    user_ns = AnyTrait(None, allow_none=True)
+    debugpy_stream = AnyTrait(None, allow_none=True)
+
+    # Order comes from the output barrier, never from a sleep before replies.
+    _execute_sleep = 0.0
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._next_count = 1  # In[n] of the next non-silent cell
+        self._main_loop: asyncio.AbstractEventLoop | None = None
+        self._main_thread = threading.current_thread()
+        self._comms: dict[str, str] = {}  # comm_id -> target_name, both directions
+        self._idents: dict[str, Any] = {}  # execute msg_id -> shell routing identity
+        self._inputs: dict[str, tuple[Session, str, str]] = {}  # input_request msg_id -> ...
+        self._processes: dict[int, psutil.Process] = {}
+        self.stage: OutputStage | None = None
+        self.pool = SessionPool(
+            parent=self,
+            shell_config=_json_safe_config(self.config),
+            next_count=lambda: self._next_count,
+            sink_for=self._sink_for,
+            session_hooks={
+                "on_input": self._forward_input,
+                "on_input_cancel": self._drop_input,
+                "on_cell_end": self._on_cell_end,
+                "on_kernel_action": self._on_kernel_action,
+            },
+            connection_file=_connection_file(self.parent),
+        )
+
+    # -- execution count mirrors the worker's In[n] -----------------------------
+
+    @property  # type: ignore[override]
+    def execution_count(self) -> int:
+        return self._next_count
+
+    @execution_count.setter
+    def execution_count(self, value: int) -> None:
+        # The base class increments this; the worker's shell owns the count.
+        pass
+
+    # -- start-up, signals --------------------------------------------------
+
+    def start(self) -> None:
+        super().start()
+        loop = self.io_loop.asyncio_loop  # type: ignore[attr-defined]
+        self._main_loop = loop
+        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        self.io_loop.add_callback(self._start_on_loop)
+
+    async def _start_on_loop(self) -> None:
+        self.stage = OutputStage(self._publish_output, parent=self)
+        self.pool.start()
+        self._stdin_async = zmq.asyncio.Socket.shadow(self.stdin_socket.underlying)
+        asyncio.ensure_future(self._read_stdin())
+
+    def pre_handler_hook(self) -> None:
+        # The base makes SIGINT raise during handlers; here it is an interrupt.
+        pass
+
+    def post_handler_hook(self) -> None:
+        pass
+
+    def _on_sigint(self) -> None:
+        self.log.info("SIGINT received; interrupting the running cell")
+        self.pool.interrupt()
+
+    def _on_sigterm(self) -> None:
+        self.log.warning("SIGTERM received; stopping workers and exiting")
+        self.pool.kill_all_now()
+        self.io_loop.stop()
+
+    # -- kernel_info and unsupported requests ---------------------------------
+
+    @property
+    def kernel_info(self) -> dict[str, Any]:
+        return {
+            "protocol_version": kernel_protocol_version,
+            "implementation": self.implementation,
+            "implementation_version": self.implementation_version,
+            "language_info": self.language_info,
+            "banner": self.banner,
+            "help_links": self.help_links,
+            # No subshells and no debugger here (yet): say so explicitly.
+            "supported_features": [],
+        }
+
+    async def _refuse(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        msg_type = parent["header"]["msg_type"]
+        content = {
+            "status": "error",
+            "ename": "NotImplementedError",
+            "evalue": f"{msg_type} is not supported by the pyrepl3 kernel",
+            "traceback": [],
+        }
+        self.session.send(stream, msg_type.replace("_request", "_reply"), content, parent, ident)
+
+    debug_request = _refuse
+    create_subshell_request = _refuse
+    delete_subshell_request = _refuse
+    list_subshell_request = _refuse
+
+    # -- control channel -----------------------------------------------------
+
+    async def dispatch_control(self, msg: list[Any]) -> None:
+        """Deserialise once; interrupts skip the control lock, the rest queue on it."""
+        if not self.session:
+            return
+        try:
+            idents, frames = self.session.feed_identities(msg, copy=False)
+            message = self.session.deserialize(frames, content=True, copy=False)
+            msg_type = message["header"]["msg_type"]
+        except Exception as exc:
+            self.log.warning("dropped control message reason=%s", _reason(exc))
+            return
+        if msg_type == "interrupt_request":
+            await self._run_control(idents, message)
+            return
+        async with self._control_lock:
+            await self._run_control(idents, message)
+
+    async def _run_control(self, idents: Any, message: dict[str, Any]) -> None:
+        self.set_parent(idents, message, channel="control")
+        self._publish_status("busy", "control")
+        msg_type = message["header"]["msg_type"]
+        handler = self.control_handlers.get(msg_type)
+        if msg_type == "execute_request":
+            handler = self._refuse  # code never runs on the control thread
+        if handler is None:
+            self.log.warning("dropped control message of unknown type %r", msg_type)
+        else:
+            try:
+                await handler(self.control_stream, idents, message)
+            except Exception:
+                self.log.exception("control handler failed type=%s", msg_type)
+        self._publish_status_and_flush("idle", "control", self.control_stream)
+
+    async def _on_main(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await `coro` on the main loop from whichever thread we are on."""
+        loop = self._main_loop
+        assert loop is not None
+        if threading.current_thread() is self._main_thread:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+    async def interrupt_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        loop = self._main_loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self.pool.interrupt)
+        self.session.send(stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident)
+
+    # -- execute ---------------------------------------------------------------
+
+    async def do_execute(  # type: ignore[override]
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool = True,
+        user_expressions: dict[str, Any] | None = None,
+        allow_stdin: bool = False,
+        *,
+        cell_meta: dict[str, Any] | None = None,
+        cell_id: str | None = None,
+    ) -> dict[str, Any]:
+        return await self._on_main(
+            self._execute(code, silent, store_history, user_expressions, allow_stdin, cell_id)
+        )
+
+    async def _execute(
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool,
+        user_expressions: dict[str, Any] | None,
+        allow_stdin: bool,
+        cell_id: str | None,
+    ) -> dict[str, Any]:
+        parent = self.get_parent("shell")
+        header = parent["header"]
+        stage = self.stage
+        assert stage is not None
+        count = self._next_count
+        self._idents[header["msg_id"]] = self._get_shell_context_var(self._shell_parent_ident)
+
+        def tell_about_earlier_deaths() -> None:
+            notice = self.pool.take_notice()
+            if notice:
+                stage.write("stderr", notice, header)
+
+        content = {
+            "code": code if isinstance(code, str) else str(code),
+            "silent": bool(silent),
+            "store_history": bool(store_history),
+            "user_expressions": user_expressions if isinstance(user_expressions, dict) else {},
+            "allow_stdin": bool(allow_stdin),
+            "cell_id": cell_id,
+        }
+        try:
+            outcome = await self.pool.execute(content, header, count, tell_about_earlier_deaths)
+        except WorkerStartError as exc:
+            outcome = ExecuteOutcome(_start_failure(exc, count), made_here=True)
+        finally:
+            self._idents.pop(header["msg_id"], None)
+        reply = outcome.reply
+        if outcome.made_here:
+            stage.hurry()
+            stage.post(
+                Kind.ERROR,
+                {k: reply[k] for k in ("ename", "evalue", "traceback")},
+                header,
+            )
+        await stage.drain(header)
+        if not silent:
+            worker_count = reply.get("execution_count")
+            known = isinstance(worker_count, int) and not outcome.made_here
+            self._next_count = (worker_count if known else count) + 1
+        restart = self.pool.pending_restart
+        if restart:
+            await self.pool.restart(restart)
+        return reply
+
+    # -- requests answered by the worker's shell ----------------------------------
+
+    async def _ask(self, kind: Kind, content: dict[str, Any], fallback: dict[str, Any]) -> dict[str, Any]:
+        parent = self.get_parent()
+        try:
+            return await self._on_main(self.pool.request(kind, content, parent.get("header", {})))
+        except PyRepl3Error as exc:
+            self.log.warning("request failed kind=%s reason=%s", kind, exc)
+            return dict(fallback, status="error", ename=type(exc).__name__, evalue=str(exc),
+                        traceback=[])
+
+    async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:  # type: ignore[override]
+        cursor = len(code) if cursor_pos is None else cursor_pos
+        return await self._ask(
+            Kind.COMPLETE, {"code": code, "cursor_pos": cursor_pos},
+            {"matches": [], "cursor_start": cursor, "cursor_end": cursor, "metadata": {}},
+        )
+
+    async def do_inspect(  # type: ignore[override]
+        self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()
+    ) -> dict[str, Any]:
+        return await self._ask(
+            Kind.INSPECT,
+            {"code": code, "cursor_pos": cursor_pos, "detail_level": detail_level,
+             "omit_sections": list(omit_sections)},
+            {"found": False, "data": {}, "metadata": {}},
+        )
+
+    async def do_is_complete(self, code: str) -> dict[str, Any]:  # type: ignore[override]
+        reply = await self._ask(Kind.IS_COMPLETE, {"code": code}, {})
+        return reply if reply.get("status") != "error" else {"status": "unknown"}
+
+    async def do_history(  # type: ignore[override]
+        self, hist_access_type: str, output: bool, raw: bool, session: int = 0,
+        start: int = 0, stop: int | None = None, n: int | None = None,
+        pattern: str | None = None, unique: bool = False,
+    ) -> dict[str, Any]:
+        content = {"hist_access_type": hist_access_type, "output": output, "raw": raw,
+                   "session": session, "start": start, "stop": stop, "n": n,
+                   "pattern": pattern, "unique": unique}
+        return await self._ask(Kind.HISTORY, content, {"history": []})
+
+    async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
+        await self._on_main(self.pool.close())
+        return {"status": "ok", "restart": restart}
+
+    # -- comms ------------------------------------------------------------------
+
+    def _forward_comm(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        msg_type = parent["header"]["msg_type"]
+        content = parent.get("content")
+        if not isinstance(content, dict) or not isinstance(content.get("comm_id"), str):
+            self.log.warning("dropped %s without a comm_id", msg_type)
+            return
+        self._track_comm(msg_type, content)
+        metadata = parent.get("metadata") if isinstance(parent.get("metadata"), dict) else {}
+        self.pool.post(
+            _COMM_KINDS[msg_type], content, parent=parent["header"],
+            buffers=tuple(bytes(b) for b in parent.get("buffers", [])),
+            extra={"jmeta": metadata},
+        )
+
+    async def comm_open(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        await self._on_main(_call(self._forward_comm, stream, ident, parent))
+
+    comm_msg = comm_open
+    comm_close = comm_open
+
+    def _track_comm(self, msg_type: str, content: dict[str, Any]) -> None:
+        comm_id = content.get("comm_id")
+        if not isinstance(comm_id, str):
+            return
+        if msg_type == "comm_open":
+            self._comms[comm_id] = str(content.get("target_name", ""))
+        elif msg_type == "comm_close":
+            self._comms.pop(comm_id, None)
+
+    async def comm_info_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        content = parent.get("content") or {}
+        target = content.get("target_name") if isinstance(content, dict) else None
+        comms = {
+            comm_id: {"target_name": name}
+            for comm_id, name in dict(self._comms).items()
+            if target is None or name == target
+        }
+        self.session.send(stream, "comm_info_reply", {"status": "ok", "comms": comms}, parent, ident)
+
+    # -- usage --------------------------------------------------------------------
+
+    async def usage_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        content = await self._on_main(self._usage())
+        self.session.send(stream, "usage_reply", content, parent, ident)
+
+    async def _usage(self) -> dict[str, Any]:
+        me = psutil.Process()
+        tree = [me, *me.children(recursive=True)]
+        self._processes = {p.pid: self._processes.get(p.pid, p) for p in tree}
+        cpu = memory = 0.0
+        for process in self._processes.values():
+            try:
+                cpu += process.cpu_percent()
+                memory += process.memory_full_info().pss
+            except (psutil.Error, AttributeError):
+                continue  # a process that just exited costs nothing any more
+        content: dict[str, Any] = {
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "kernel_cpu": cpu,
+            "kernel_memory": memory,
+            "cpu_count": psutil.cpu_count(logical=True),
+            "host_virtual_memory": dict(psutil.virtual_memory()._asdict()),
+            "processes": len(self._processes),
+        }
+        host_cpu = psutil.cpu_percent()
+        if host_cpu:
+            content["host_cpu_percent"] = host_cpu
+        return content
+
+    # -- output -------------------------------------------------------------------
+
+    def _sink_for(self, session: Session) -> Callable[[WorkerMessage], None]:
+        stage = self.stage
+        assert stage is not None
+        self._comms.clear()  # comms of an earlier worker are gone with it
+
+        def credit(nbytes: int) -> None:
+            session.post_nowait(Kind.CREDIT, {"nbytes": nbytes})
+
+        def sink(message: WorkerMessage) -> None:
+            if message.kind in (Kind.COMM_OPEN, Kind.COMM_CLOSE):
+                self._track_comm(message.kind.value, message.content)
+            stage.accept(message, credit)
+
+        return sink
+
+    def _publish_output(
+        self, kind: Kind, content: dict[str, Any], parent: dict[str, Any],
+        buffers: tuple[bytes, ...], metadata: dict[str, Any],
+    ) -> None:
+        self.session.send(
+            self.iopub_socket, kind.value, content, parent=parent,
+            ident=self._topic(kind.value), buffers=list(buffers) or None,
+            metadata=metadata or None,
+        )
+
+    # -- stdin ----------------------------------------------------------------------
+
+    def _forward_input(self, execution: Any, message: WorkerMessage) -> None:
+        header = execution.parent
+        ident = self._idents.get(header.get("msg_id", ""))
+        input_id = str(message.extra.get("input_id", ""))
+        content = {"prompt": str(message.content.get("prompt", "")),
+                   "password": bool(message.content.get("password", False))}
+        sent = self.session.send(self.stdin_socket, "input_request", content, parent=header,
+                                 ident=ident)
+        session = self.pool.active_session
+        if sent is not None and session is not None:
+            self._inputs[sent["header"]["msg_id"]] = (session, input_id, execution.req)
+
+    def _drop_input(self, input_id: str) -> None:
+        for key, (_, known, _) in list(self._inputs.items()):
+            if known == input_id:
+                del self._inputs[key]
+
+    def _on_cell_end(self, req: str) -> None:
+        for key, (_, _, owner) in list(self._inputs.items()):
+            if owner == req:
+                del self._inputs[key]
+
+    async def _read_stdin(self) -> None:
+        """Route each input_reply to the prompt it answers; drop stale ones."""
+        while True:
+            try:
+                frames = await self._stdin_async.recv_multipart(copy=False)
+                _, body = self.session.feed_identities(frames, copy=False)
+                reply = self.session.deserialize(body, content=True, copy=False)
+            except zmq.ZMQError:
+                return
+            except Exception as exc:
+                self.log.warning("dropped stdin message reason=%s", _reason(exc))
+                continue
+            parent_id = (reply.get("parent_header") or {}).get("msg_id", "")
+            if not parent_id and self._inputs:
+                # Some clients (jupyter_client's `input`) send no parent: the
+                # reply answers the oldest open prompt, as a terminal would.
+                parent_id = next(iter(self._inputs))
+            pending = self._inputs.pop(parent_id, None)
+            content = reply.get("content")
+            if pending is None or not isinstance(content, dict):
+                self.log.debug("dropped stale input_reply parent=%s", parent_id)
+                continue
+            session, input_id, _ = pending
+            value = content.get("value")
+            session.post_nowait(
+                Kind.INPUT_REPLY,
+                {"input_id": input_id, "value": value if isinstance(value, str) else None},
+            )
+
+    # -- magics that talk to the kernel ------------------------------------------------
+
+    def _on_kernel_action(self, session: Session, message: WorkerMessage) -> None:
+        action = message.content.get("action")
+        stage = self.stage
+        assert stage is not None
+        if action == "restart":
+            self.pool.pending_restart = (
+                "[pyrepl3] Restarted on request (%pyrepl3 restart): this is a fresh worker"
+                " with an empty namespace.\n"
+            )
+        elif action == "stats":
+            lines = [f"{key}: {value}" for key, value in self.pool.statistics().items()]
+            stage.write("stdout", "\n".join(lines) + "\n", message.parent)
+        else:
+            self.log.warning("dropped unknown kernel action %r", action)
+
+
+async def _call(function: Callable[..., T], *args: Any) -> T:
+    return function(*args)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def _connection_file(app: Any) -> str | None:
+    path = getattr(app, "abs_connection_file", None)
+    return str(path) if path else None
+
+
+def _json_safe_config(config: Any) -> dict[str, Any]:
+    """The kernel's configuration, minus values that cannot cross to the worker."""
+    import json
+
+    safe: dict[str, Any] = {}
+    for section, values in config.items():
+        if not isinstance(values, dict):
+            continue
+        kept = {}
+        for key, value in values.items():
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                continue
+            kept[key] = value
+        if kept:
+            safe[section] = kept
+    return safe
+
+
+def _start_failure(error: WorkerStartError, count: int) -> dict[str, Any]:
+    lines = str(error).splitlines() or [str(error)]
+    return {
+        "status": "error",
+        "ename": "WorkerStartError",
+        "evalue": lines[0],
+        "traceback": ["WorkerStartError: the kernel could not start a worker to run this cell.",
+                      *lines],
+        "execution_count": count,
+        "user_expressions": {},
+        "payload": [],
+    }

@@ -1,0 +1,4 @@
+"""The worker process: runs user code for one kernel (``python -m pyrepl3_kernel.worker``).
+
+Nothing here is imported by the kernel process.
+"""

@@ -1,0 +1,303 @@
+"""The worker's main thread: runs each request the kernel sends, in order.
+
+SIGINT is turned into `KeyboardInterrupt` only while the user code of an
+execution runs; the handler tells the kernel at once (`interrupt_ack`) so
+the kernel knows the interrupt took effect. Anywhere else a SIGINT is
+dropped, so it can never break the worker's own replies.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.completer import provisionalcompleter, rectify_completions
+from IPython.utils.tokenutil import token_at_cursor
+from ipykernel.jsonutil import json_clean
+from ipykernel.zmqshell import ZMQInteractiveShell
+
+from ..protocol.messages import Kind, WorkerMessage
+from .inputs import InputBroker
+from .iothread import IOThread
+from .outbox import Outbox
+
+__all__ = ["Executor"]
+
+logger = logging.getLogger(__name__)
+
+COMPLETION_TYPES_KEY = "_jupyter_types_experimental"  # metadata key frontends read
+
+Handler = Callable[[WorkerMessage], dict[str, Any] | None]
+
+
+class Executor:
+    """Runs requests on the main thread; owns the SIGINT handler."""
+
+    def __init__(
+        self,
+        shell: ZMQInteractiveShell,
+        io: IOThread,
+        outbox: Outbox,
+        inputs: InputBroker,
+        requests: queue.Queue[WorkerMessage],
+        on_adopt: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self.shell = shell
+        self._io = io
+        self._outbox = outbox
+        self._inputs = inputs
+        self._requests = requests
+        self._on_adopt = on_adopt
+        # request id of the execution whose user code runs now, else None
+        self._user_code: str | None = None
+        # (request id, parent message, allow_stdin) of the running cell
+        self.cell: tuple[str, dict[str, Any], bool] | None = None
+        self._handlers: dict[Kind, Handler] = {
+            Kind.EXECUTE: self._execute,
+            Kind.COMPLETE: self._complete,
+            Kind.INSPECT: self._inspect,
+            Kind.IS_COMPLETE: self._is_complete,
+            Kind.HISTORY: self._history,
+            Kind.COMM_INFO: self._comm_info,
+            Kind.COMM_OPEN: self._comm,
+            Kind.COMM_MSG: self._comm,
+            Kind.COMM_CLOSE: self._comm,
+            Kind.ADOPT: self._adopt,
+        }
+
+    def install_sigint(self) -> None:
+        signal.signal(signal.SIGINT, self._on_sigint)
+        show = self.shell.showtraceback
+
+        def showtraceback(exc_tuple: Any = None, *args: Any, **kwargs: Any) -> Any:
+            etype, value, tb = exc_tuple or sys.exc_info()
+            if etype is KeyboardInterrupt:
+                _cut_handler_frame(tb)
+            return show((etype, value, tb), *args, **kwargs)
+
+        self.shell.showtraceback = showtraceback
+
+    def _on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
+        req = self._user_code
+        if req is None:
+            logger.debug("worker dropped a SIGINT outside user code")
+            return
+        self._io.send_urgent(WorkerMessage(Kind.INTERRUPT_ACK, {}, req=req))
+        raise KeyboardInterrupt
+
+    def serve(self) -> None:
+        """Answer requests until the kernel asks us to stop."""
+        while True:
+            message = self._requests.get()
+            if message.kind is Kind.SHUTDOWN:
+                return
+            handler = self._handlers.get(message.kind)
+            if handler is None:
+                logger.warning("worker ignored a request kind=%s", message.kind)
+                continue
+            try:
+                reply = handler(message)
+            except KeyboardInterrupt:
+                reply = _error_reply(KeyboardInterrupt("interrupted"), [])
+            except Exception as exc:
+                logger.exception("worker request failed kind=%s", message.kind)
+                reply = _error_reply(exc, [])
+            if reply is not None:
+                self._io.barrier()
+                self._outbox.post(WorkerMessage(Kind.REPLY, json_clean(reply), req=message.req))
+
+    # -- execute ----------------------------------------------------------
+
+    def _execute(self, message: WorkerMessage) -> dict[str, Any]:
+        shell = self.shell
+        content = message.content
+        parent = {"header": message.parent, "parent_header": {}, "metadata": {}, "content": {}}
+        silent = bool(content.get("silent", False))
+        shell.set_parent(parent)
+        shell._last_traceback = None
+        self.cell = (message.req, parent, bool(content.get("allow_stdin", False)))
+        try:
+            result = self._run_user_code(
+                message.req,
+                content.get("code", ""),
+                store_history=bool(content.get("store_history", not silent)),
+                silent=silent,
+                cell_id=content.get("cell_id"),
+            )
+        finally:
+            self.cell = None
+            self._inputs.fail_all()
+        reply = self._execute_reply(result, content.get("user_expressions") or {})
+        return reply
+
+    def _run_user_code(self, req: str, code: str, **options: Any) -> Any:
+        self._user_code = req
+        try:
+            return self.shell.run_cell(code, **options)
+        except KeyboardInterrupt as exc:
+            # The interrupt landed in IPython's own machinery, not in the cell.
+            self.shell.showtraceback((type(exc), exc, exc.__traceback__))
+            return None
+        finally:
+            self._user_code = None
+
+    def _execute_reply(self, result: Any, user_expressions: dict[str, Any]) -> dict[str, Any]:
+        shell = self.shell
+        reply: dict[str, Any]
+        if result is not None and result.success and not getattr(
+            shell, "_last_traceback_during_displayhook", False
+        ):
+            reply = {"status": "ok", "user_expressions": shell.user_expressions(user_expressions)}
+        else:
+            if result is None:
+                error: BaseException = KeyboardInterrupt()
+            else:
+                error = result.error_before_exec or result.error_in_exec
+            reply = _error_reply(error, shell._last_traceback or [])
+            reply["user_expressions"] = {}
+        reply["execution_count"] = shell.execution_count - 1
+        reply["payload"] = shell.payload_manager.read_payload()
+        shell.payload_manager.clear_payload()
+        shell.exit_now = False
+        return reply
+
+    # -- introspection ----------------------------------------------------
+
+    def _complete(self, message: WorkerMessage) -> dict[str, Any]:
+        code = str(message.content.get("code", ""))
+        cursor = message.content.get("cursor_pos")
+        cursor = len(code) if cursor is None else int(cursor)
+        with provisionalcompleter():
+            found = list(
+                rectify_completions(code, self.shell.Completer.completions(code, cursor))
+            )
+        kinds = [
+            {
+                "start": c.start,
+                "end": c.end,
+                "text": c.text,
+                "type": c.type,
+                "signature": c.signature,
+            }
+            for c in found
+        ]
+        start, end = (found[0].start, found[0].end) if found else (cursor, cursor)
+        return {
+            "status": "ok",
+            "matches": [c.text for c in found],
+            "cursor_start": start,
+            "cursor_end": end,
+            "metadata": {COMPLETION_TYPES_KEY: kinds},
+        }
+
+    def _inspect(self, message: WorkerMessage) -> dict[str, Any]:
+        content = message.content
+        name = token_at_cursor(str(content.get("code", "")), int(content.get("cursor_pos", 0)))
+        try:
+            bundle = self.shell.object_inspect_mime(
+                name,
+                detail_level=int(content.get("detail_level", 0)),
+                omit_sections=tuple(content.get("omit_sections", ())),
+            )
+        except KeyError:
+            return {"status": "ok", "found": False, "data": {}, "metadata": {}}
+        if not self.shell.enable_html_pager:
+            bundle.pop("text/html", None)
+        return {"status": "ok", "found": True, "data": bundle, "metadata": {}}
+
+    def _is_complete(self, message: WorkerMessage) -> dict[str, Any]:
+        manager = self.shell.input_transformer_manager
+        status, indent = manager.check_complete(str(message.content.get("code", "")))
+        reply: dict[str, Any] = {"status": status}
+        if status == "incomplete":
+            reply["indent"] = " " * (indent or 0)
+        return reply
+
+    def _history(self, message: WorkerMessage) -> dict[str, Any]:
+        c = message.content
+        manager = self.shell.history_manager
+        kind = c.get("hist_access_type")
+        raw, output = bool(c.get("raw", True)), bool(c.get("output", False))
+        if kind == "tail":
+            entries = manager.get_tail(c.get("n") or 10, raw=raw, output=output, include_latest=True)
+        elif kind == "range":
+            entries = manager.get_range(
+                c.get("session", 0), c.get("start", 0), c.get("stop"), raw=raw, output=output
+            )
+        elif kind == "search":
+            entries = manager.search(
+                c.get("pattern") or "*", raw=raw, output=output, n=c.get("n"),
+                unique=bool(c.get("unique", False)),
+            )
+        else:
+            entries = []
+        return {"status": "ok", "history": [list(entry) for entry in entries]}
+
+    # -- comms ------------------------------------------------------------
+
+    def _comm_info(self, message: WorkerMessage) -> dict[str, Any]:
+        target = message.content.get("target_name")
+        manager = self.shell.kernel.comm_manager
+        comms = {
+            comm_id: {"target_name": c.target_name}
+            for comm_id, c in manager.comms.items()
+            if target is None or c.target_name == target
+        }
+        return {"status": "ok", "comms": comms}
+
+    def _comm(self, message: WorkerMessage) -> None:
+        msg = {
+            "header": message.parent,
+            "parent_header": {},
+            "metadata": message.extra.get("jmeta", {}),
+            "content": message.content,
+            "buffers": list(message.buffers),
+            "msg_id": message.parent.get("msg_id", ""),
+            "msg_type": message.kind.value,
+        }
+        # Output of the handler (a widget callback) belongs to the comm message.
+        self.shell.set_parent(msg)
+        manager = self.shell.kernel.comm_manager
+        handler = getattr(manager, message.kind.value)
+        self._user_code = message.req or "comm"
+        try:
+            handler(None, None, msg)
+        except KeyboardInterrupt:
+            pass  # interrupting a widget callback only stops that callback
+        finally:
+            self._user_code = None
+        self._io.barrier()
+        return None
+
+    def _adopt(self, message: WorkerMessage) -> dict[str, Any]:
+        self._on_adopt(message.content)
+        return {"status": "ok", "execution_count": self.shell.execution_count}
+
+
+def _cut_handler_frame(tb: types.TracebackType | None) -> None:
+    """Drop our SIGINT handler's frame from a KeyboardInterrupt traceback.
+
+    The user interrupted their code; the handler that raised on their behalf
+    is noise at the bottom of the traceback.
+    """
+    previous = None
+    while tb is not None:
+        if tb.tb_frame.f_code is Executor._on_sigint.__code__:
+            if previous is not None:
+                previous.tb_next = None
+            return
+        previous, tb = tb, tb.tb_next
+
+
+def _error_reply(error: BaseException | None, traceback: list[str]) -> dict[str, Any]:
+    return {
+        "status": "error",
+        "ename": type(error).__name__ if error is not None else "UnknownError",
+        "evalue": str(error) if error is not None else "",
+        "traceback": traceback,
+    }

@@ -1,0 +1,171 @@
+"""Everything the worker sends, in the order user code produced it.
+
+Design note. User code writes from any thread; the I/O thread owns the
+socket. Stream text is coalesced while it waits: consecutive writes to one
+stream under one parent become one chunk. Any other message first moves the
+pending text out, so the wire sees text and displays in program order.
+
+Backpressure is by credit: bytes sent but not yet published by the kernel
+(`_in_flight`) plus bytes pending here may not exceed `window`. Writers from
+user code wait for credit on a condition (interruptibly: a SIGINT raises
+`KeyboardInterrupt` out of the wait); the I/O thread never waits, it stops
+reading the fd pipes instead, so C code blocks on a full pipe. Control
+messages need no credit.
+
+In a child forked by user code (multiprocessing) there is no I/O thread:
+writes go straight to file descriptors 1 and 2, which are the worker's
+capture pipes, so the text still reaches the running cell.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..protocol.messages import Kind, WorkerMessage
+
+__all__ = ["Outbox"]
+
+logger = logging.getLogger(__name__)
+
+STREAM_FDS = {"stdout": 1, "stderr": 2}
+
+
+@dataclass(slots=True)
+class _Chunk:
+    name: str
+    parent: dict[str, Any]
+    parts: list[str] = field(default_factory=list)
+
+
+class Outbox:
+    """The worker's ordered, credit-limited outgoing queue.
+
+    `write` and `post` may be called from any thread of the worker; `ship`
+    is the I/O thread's callback that receives batches in order.
+    """
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self._lock = threading.Condition(threading.Lock())
+        self._pending: list[_Chunk | WorkerMessage] = []
+        self._pending_bytes = 0  # text bytes in `_pending` (chars, close enough)
+        self._in_flight = 0  # bytes shipped, not yet credited back by the kernel
+        self._ship: Callable[[list[WorkerMessage]], None] | None = None
+        self._wake: Callable[[], None] | None = None
+        self._wake_scheduled = False
+        self._forked = False
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def attach(
+        self, ship: Callable[[list[WorkerMessage]], None], wake: Callable[[], None]
+    ) -> None:
+        """Connect to the I/O thread: `wake` schedules `drain` there, thread-safely."""
+        self._ship = ship
+        self._wake = wake
+
+    def _after_fork(self) -> None:
+        # The child has no I/O thread and may have forked while a writer held
+        # the lock: start over with a fresh lock and write to the fds.
+        self._lock = threading.Condition(threading.Lock())
+        self._pending = []
+        self._pending_bytes = 0
+        self._forked = True
+
+    @property
+    def is_forked(self) -> bool:
+        return self._forked
+
+    def write(
+        self, name: str, text: str, parent: dict[str, Any], *, wait: bool, eager: bool = True
+    ) -> None:
+        """Queue stream text; with `wait`, block (interruptibly) for credit first.
+
+        Without `eager`, the I/O thread is woken only by a line end (or a later
+        `flush`), so `print`'s separate writes of text and newline travel as one
+        message, as a line-buffered terminal would show them.
+        """
+        if not text:
+            return
+        if self._forked:
+            os.write(STREAM_FDS[name], text.encode("utf-8", "surrogateescape"))
+            return
+        size = len(text)
+        with self._lock:
+            if wait:
+                self._wait_for_credit(size)
+            last = self._pending[-1] if self._pending else None
+            if isinstance(last, _Chunk) and last.name == name and last.parent is parent:
+                last.parts.append(text)
+            else:
+                self._pending.append(_Chunk(name, parent, [text]))
+            self._pending_bytes += size
+            if eager or "\n" in text or "\r" in text:
+                self._schedule_wake()
+
+    def post(self, message: WorkerMessage, *, wait: bool = False) -> None:
+        """Queue a non-stream message behind everything written before it."""
+        if self._forked:
+            return  # a forked child has no channel; its displays are lost
+        with self._lock:
+            if wait:
+                self._wait_for_credit(0)
+            self._pending.append(message)
+            self._schedule_wake()
+
+    def _wait_for_credit(self, size: int) -> None:
+        # A write larger than the window proceeds once nothing else is out.
+        while self._in_flight + self._pending_bytes > 0 and (
+            self._in_flight + self._pending_bytes + size > self.window
+        ):
+            self._lock.wait()
+
+    def flush(self) -> None:
+        """Wake the I/O thread for text that is still waiting (any thread)."""
+        if self._forked:
+            return
+        with self._lock:
+            if self._pending:
+                self._schedule_wake()
+
+    def _schedule_wake(self) -> None:
+        if not self._wake_scheduled and self._wake is not None:
+            self._wake_scheduled = True
+            self._wake()
+
+    def has_credit(self) -> bool:
+        """Whether the I/O thread may read more fd output now."""
+        return self._in_flight + self._pending_bytes < self.window
+
+    def grant(self, nbytes: int) -> None:
+        """The kernel published `nbytes` of our output (I/O thread)."""
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - nbytes)
+            self._lock.notify_all()
+
+    def drain(self) -> None:
+        """Ship everything pending, in order (I/O thread only)."""
+        with self._lock:
+            self._wake_scheduled = False
+            pending, self._pending = self._pending, []
+            self._in_flight += self._pending_bytes
+            self._pending_bytes = 0
+        if not pending or self._ship is None:
+            return
+        batch: list[WorkerMessage] = []
+        for item in pending:
+            if isinstance(item, _Chunk):
+                batch.append(
+                    WorkerMessage(
+                        Kind.STREAM,
+                        {"name": item.name, "text": "".join(item.parts)},
+                        parent=item.parent,
+                    )
+                )
+            else:
+                batch.append(item)
+        self._ship(batch)
