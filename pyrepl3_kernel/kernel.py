@@ -76,6 +76,7 @@ class PyRepl3Kernel(Kernel):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._next_count = 1  # In[n] of the next non-silent cell
+        self._counting = False  # a cell that takes a number is running
         self._main_loop: asyncio.AbstractEventLoop | None = None
         self._main_thread = threading.current_thread()
         self._comms: dict[str, str] = {}  # comm_id -> target_name, both directions
@@ -86,7 +87,7 @@ class PyRepl3Kernel(Kernel):
         self.pool = SessionPool(
             parent=self,
             shell_config=_json_safe_config(self.config),
-            next_count=lambda: self._next_count,
+            next_count=lambda: self._next_count + int(self._counting),
             sink_for=self._sink_for,
             session_hooks={
                 "on_input": self._forward_input,
@@ -265,12 +266,16 @@ class PyRepl3Kernel(Kernel):
             "allow_stdin": bool(allow_stdin),
             "cell_id": cell_id,
         }
+        # A worker adopted while this cell runs (its worker died) continues
+        # after this cell's number.
+        self._counting = not silent and store_history
         try:
             outcome = await self.pool.execute(content, header, count, tell_about_earlier_deaths)
         except WorkerStartError as exc:
             outcome = ExecuteOutcome(_start_failure(exc, count), made_here=True)
         finally:
             self._idents.pop(header["msg_id"], None)
+            self._counting = False
         reply = outcome.reply
         if outcome.made_here:
             stage.hurry()

@@ -34,6 +34,7 @@ class Kind(enum.StrEnum):
     INPUT_REQUEST = "input_request"  # metadata `input_id` names the wait
     INPUT_CANCEL = "input_cancel"  # the wait `input_id` ended without a reply
     KERNEL_ACTION = "kernel_action"  # a magic asks the kernel: restart, stats
+    FLUSH = "flush"  # explicit flush: answer once everything before it arrived
     # kernel -> worker
     EXECUTE = "execute"
     COMPLETE = "complete"
@@ -44,6 +45,7 @@ class Kind(enum.StrEnum):
     ADOPT = "adopt"  # a spare becomes the active worker
     INPUT_REPLY = "input_reply"
     CREDIT = "credit"  # content `nbytes` of output left the kernel
+    FLUSHED = "flushed"  # the kernel holds everything sent before `flush_id`
     SHUTDOWN = "shutdown"
 
 

@@ -253,7 +253,8 @@ class SessionPool(LoggingConfigurable):
             "warmup_code": self.warmup_code,
             "memory_limit": self.memory_limit or None,
             "credit_window": CREDIT_WINDOW,
-            "log_level": logging.getLogger("pyrepl3_kernel").getEffectiveLevel(),
+            # Routine worker traffic is not worth the crash stream's space.
+            "log_level": max(logging.WARNING, self.log.getEffectiveLevel()),
         }
 
     async def _start_session(self, launched: LaunchedWorker | None) -> Session:

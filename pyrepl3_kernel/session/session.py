@@ -269,6 +269,8 @@ class Session:
             else:
                 logger.debug("dropped output of an unadopted worker kind=%s", kind)
                 self.post_nowait(Kind.CREDIT, {"nbytes": _text_size(message)})
+        elif kind is Kind.FLUSH:
+            self.post_nowait(Kind.FLUSHED, message.content)
         elif kind is Kind.READY:
             if not self._ready.done():
                 self._ready.set_result(None)

@@ -141,6 +141,8 @@ class IOThread(threading.Thread):
             if message.kind is Kind.CREDIT:
                 self._outbox.grant(int(message.content.get("nbytes", 0)))
                 self._resume_pipes()
+            elif message.kind is Kind.FLUSHED:
+                self._outbox.flushed(int(message.content.get("flush_id", 0)))
             elif message.kind is Kind.INPUT_REPLY:
                 value = message.content.get("value")
                 self._on_input_reply(

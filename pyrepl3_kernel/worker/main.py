@@ -24,6 +24,7 @@ from .bootstrap import redirect_fds
 from .executor import Executor
 from .inputs import InputBroker, PromptStdin
 from .iothread import IOThread
+from .magics import PyRepl3Magics
 from .outbox import Outbox
 from .shell import WorkerSession, bind_shell
 from .streams import WorkerStream
@@ -142,6 +143,7 @@ def _serve(options: dict[str, Any], crash_fd: int, crash_stream: Any, pipes: dic
     shell_ref.append(shell)
     session = WorkerSession(outbox, io.barrier)
     bind_shell(shell, session, inputs)
+    shell.register_magics(PyRepl3Magics(shell, lambda message: _post_after_barrier(io, outbox, message)))
     app.init_gui_pylab()
     app.init_extensions()
     app.init_code()

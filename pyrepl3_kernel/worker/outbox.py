@@ -19,6 +19,7 @@ capture pipes, so the text still reaches the running cell.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -59,6 +60,9 @@ class Outbox:
         self._wake: Callable[[], None] | None = None
         self._wake_scheduled = False
         self._forked = False
+        self._dirty = False  # text written since the last confirmed flush
+        self._flush_ids = itertools.count(1)
+        self._flushes: dict[int, threading.Event] = {}
         os.register_at_fork(after_in_child=self._after_fork)
 
     def attach(
@@ -104,6 +108,7 @@ class Outbox:
             else:
                 self._pending.append(_Chunk(name, parent, [text]))
             self._pending_bytes += size
+            self._dirty = True
             if eager or "\n" in text or "\r" in text:
                 self._schedule_wake()
 
@@ -122,15 +127,38 @@ class Outbox:
         while self._in_flight + self._pending_bytes > 0 and (
             self._in_flight + self._pending_bytes + size > self.window
         ):
+            if self._pending:
+                self._schedule_wake()  # what we wait behind must get moving
             self._lock.wait()
 
     def flush(self) -> None:
-        """Wake the I/O thread for text that is still waiting (any thread)."""
-        if self._forked:
+        """Return once all text written so far has reached the kernel.
+
+        An explicit flush is a promise that the text survives whatever comes
+        next, even a SIGKILL of this process, so it waits (interruptibly) for
+        the kernel's receipt; it costs nothing when no text was written since
+        the last flush. Not for the I/O thread, which never waits.
+        """
+        if self._forked or self._wake is None:
             return
         with self._lock:
-            if self._pending:
-                self._schedule_wake()
+            if not self._dirty:
+                return
+            self._dirty = False
+            flush_id = next(self._flush_ids)
+            received = self._flushes[flush_id] = threading.Event()
+            self._pending.append(WorkerMessage(Kind.FLUSH, {"flush_id": flush_id}))
+            self._schedule_wake()
+        try:
+            received.wait()
+        finally:
+            self._flushes.pop(flush_id, None)
+
+    def flushed(self, flush_id: int) -> None:
+        """The kernel received everything up to `flush_id` (I/O thread)."""
+        received = self._flushes.get(flush_id)
+        if received is not None:
+            received.set()
 
     def _schedule_wake(self) -> None:
         if not self._wake_scheduled and self._wake is not None:
