@@ -30,6 +30,7 @@ from ._version import __version__
 from .errors import PyRepl3Error, WorkerDiedError, WorkerStartError
 from .output.stage import OutputStage
 from .protocol.messages import Kind, WorkerMessage
+from .requests import check_frames
 from .session.pool import SessionPool
 from .session.session import ExecuteOutcome, Session
 
@@ -171,18 +172,54 @@ class PyRepl3Kernel(Kernel):
     delete_subshell_request = _refuse
     list_subshell_request = _refuse
 
+    # -- shell channel: refuse what no handler can take ---------------------------
+
+    async def shell_channel_thread_main(self, msg: list[Any]) -> None:
+        """Check each shell message whole before ipykernel routes it (shell thread)."""
+        if self.session is not None and not self._accept(msg, self.shell_stream):
+            return
+        await super().shell_channel_thread_main(msg)
+
+    async def dispatch_shell(self, msg: list[Any], /, *args: Any, **kwargs: Any) -> None:
+        # Checked again on the main thread: a replay of a message that was
+        # still in flight during the first check is only detectable here.
+        is_marker = len(msg) == 1  # ipykernel's internal "stop aborting" marker
+        if not is_marker and self.session is not None and not self._accept(msg, None):
+            return
+        await super().dispatch_shell(msg, *args, **kwargs)
+
+    def _accept(self, frames: list[Any], stream: Any) -> bool:
+        problem = check_frames(self.session, frames)
+        if problem is None:
+            return True
+        self.log.warning("refused shell message reason=%s", problem.reason)
+        header = problem.header
+        if stream is not None and header is not None and header["msg_type"].endswith("_request"):
+            # Well signed but malformed: the sender deserves an error reply.
+            content = {"status": "error", "ename": "BadRequest",
+                       "evalue": problem.reason, "traceback": []}
+            self._publish_status("busy", "shell", parent=header)
+            self.session.send(stream, header["msg_type"].replace("_request", "_reply"),
+                              content, parent=header, ident=problem.idents)
+            self._publish_status("idle", "shell", parent=header)
+        return False
+
     # -- control channel -----------------------------------------------------
 
     async def dispatch_control(self, msg: list[Any]) -> None:
         """Deserialise once; interrupts skip the control lock, the rest queue on it."""
         if not self.session:
             return
+        problem = check_frames(self.session, msg)
+        if problem is not None:
+            self.log.warning("refused control message reason=%s", problem.reason)
+            return
         try:
             idents, frames = self.session.feed_identities(msg, copy=False)
             message = self.session.deserialize(frames, content=True, copy=False)
             msg_type = message["header"]["msg_type"]
         except Exception as exc:
-            self.log.warning("dropped control message reason=%s", _reason(exc))
+            self.log.warning("refused control message reason=%s", _reason(exc))
             return
         if msg_type == "interrupt_request":
             await self._run_control(idents, message)
