@@ -379,22 +379,25 @@ class PyRepl3Kernel(Kernel):
 
     # -- comms ------------------------------------------------------------------
 
-    def _forward_comm(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+    async def _deliver_comm(self, parent: dict[str, Any]) -> None:
         msg_type = parent["header"]["msg_type"]
-        content = parent.get("content")
-        if not isinstance(content, dict) or not isinstance(content.get("comm_id"), str):
-            self.log.warning("dropped %s without a comm_id", msg_type)
-            return
+        content = parent["content"]
         self._track_comm(msg_type, content)
         metadata = parent.get("metadata") if isinstance(parent.get("metadata"), dict) else {}
-        self.pool.post(
-            _COMM_KINDS[msg_type], content, parent=parent["header"],
-            buffers=tuple(bytes(b) for b in parent.get("buffers", [])),
-            extra={"jmeta": metadata},
-        )
+        try:
+            await self.pool.request(
+                _COMM_KINDS[msg_type], content, parent["header"],
+                buffers=tuple(bytes(b) for b in parent.get("buffers", [])),
+                extra={"jmeta": metadata},
+            )
+        except PyRepl3Error as exc:
+            self.log.warning("comm message not delivered type=%s reason=%s", msg_type, exc)
+        # Idle for this comm message only once the handler's output is out.
+        assert self.stage is not None
+        await self.stage.drain()
 
     async def comm_open(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
-        await self._on_main(_call(self._forward_comm, stream, ident, parent))
+        await self._on_main(self._deliver_comm(parent))
 
     comm_msg = comm_open
     comm_close = comm_open

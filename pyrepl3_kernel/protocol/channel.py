@@ -87,8 +87,9 @@ class WorkerChannel:
         msg = self._signer.msg(
             message.kind.value, message.content, parent=message.parent, metadata=metadata
         )
-        msg["buffers"] = list(message.buffers)
         frames = self._signer.serialize(msg)
+        # As in Jupyter messages, buffers follow the signed frames.
+        frames.extend(message.buffers)
         return [frame if isinstance(frame, bytes) else bytes(frame) for frame in frames]
 
     async def send(self, message: WorkerMessage) -> int:

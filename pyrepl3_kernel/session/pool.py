@@ -212,9 +212,12 @@ class SessionPool(LoggingConfigurable):
             except SessionClosedError:
                 continue
 
-    async def request(self, kind: Kind, content: dict[str, Any], parent: dict[str, Any]) -> dict[str, Any]:
+    async def request(
+        self, kind: Kind, content: dict[str, Any], parent: dict[str, Any], **fields: Any
+    ) -> dict[str, Any]:
+        """Send a request to the active worker and return its reply content."""
         session = await self.active()
-        return await session.request(kind, content, parent)
+        return await session.request(kind, content, parent, **fields)
 
     def post(self, kind: Kind, content: dict[str, Any], **fields: Any) -> None:
         """Send a message to the active worker without waiting (comm traffic)."""

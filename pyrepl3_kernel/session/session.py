@@ -297,7 +297,11 @@ class Session:
             logger.debug("could not send to worker pid=%s reason=%s", self.pid, exc)
 
     async def request(
-        self, kind: Kind, content: dict[str, Any], parent: dict[str, Any] | None = None
+        self,
+        kind: Kind,
+        content: dict[str, Any],
+        parent: dict[str, Any] | None = None,
+        **fields: Any,
     ) -> dict[str, Any]:
         """Send a request and return the worker's reply content.
 
@@ -306,7 +310,9 @@ class Session:
         """
         req, queue = self._router.open()
         try:
-            await self._channel.send(WorkerMessage(kind, content, parent=parent or {}, req=req))
+            await self._channel.send(
+                WorkerMessage(kind, content, parent=parent or {}, req=req, **fields)
+            )
             while True:
                 item = await wait_message(queue)
                 if isinstance(item, Failure):

@@ -226,9 +226,13 @@ class Executor:
         if kind == "tail":
             entries = manager.get_tail(c.get("n") or 10, raw=raw, output=output, include_latest=True)
         elif kind == "range":
-            entries = manager.get_range(
-                c.get("session", 0), c.get("start", 0), c.get("stop"), raw=raw, output=output
-            )
+            session = int(c.get("session") or 0)
+            entries = manager.get_range(session, c.get("start", 0), c.get("stop"), raw=raw, output=output)
+            # IPython labels lines of the running session 0; name it as asked.
+            current = manager.session_number
+            if session in (0, current) or session + current == current:
+                label = current if session > 0 else session
+                entries = [(label, line, data) for _, line, data in entries]
         elif kind == "search":
             entries = manager.search(
                 c.get("pattern") or "*", raw=raw, output=output, n=c.get("n"),
@@ -250,7 +254,7 @@ class Executor:
         }
         return {"status": "ok", "comms": comms}
 
-    def _comm(self, message: WorkerMessage) -> None:
+    def _comm(self, message: WorkerMessage) -> dict[str, Any]:
         msg = {
             "header": message.parent,
             "parent_header": {},
@@ -271,8 +275,9 @@ class Executor:
             pass  # interrupting a widget callback only stops that callback
         finally:
             self._user_code = None
-        self._io.barrier()
-        return None
+        # The reply follows the handler's output, so the kernel can report the
+        # comm message idle only once that output is out.
+        return {"status": "ok"}
 
     def _adopt(self, message: WorkerMessage) -> dict[str, Any]:
         self._on_adopt(message.content)

@@ -130,7 +130,7 @@ def _serve(options: dict[str, Any], crash_fd: int, crash_stream: Any, pipes: dic
     sys.stderr = WorkerStream("stderr", outbox, parent_header, 2)
     sys.stdin = PromptStdin(inputs)
 
-    app = WorkerShellApp()
+    app = WorkerShellApp.instance()
     config = Config(options.get("config") or {})
     # The history session starts when the kernel adopts this worker.
     history_enabled = config.get("HistoryManager", {}).get("enabled", True)
@@ -143,6 +143,8 @@ def _serve(options: dict[str, Any], crash_fd: int, crash_stream: Any, pipes: dic
     shell_ref.append(shell)
     session = WorkerSession(outbox, io.barrier)
     bind_shell(shell, session, inputs)
+    # ipykernel's `%matplotlib`/`%gui` support looks for the app's kernel.
+    app.kernel = shell.kernel
     shell.register_magics(PyRepl3Magics(shell, lambda message: _post_after_barrier(io, outbox, message)))
     app.init_gui_pylab()
     app.init_extensions()

@@ -120,6 +120,8 @@ class KernelFacade:
     """
 
     implementation = "pyrepl3"
+    # GUI event-loop integration reads and sets this; no GUI loop runs here.
+    eventloop = None
 
     def __init__(self, shell: ZMQInteractiveShell, inputs: InputBroker) -> None:
         self.shell = shell
