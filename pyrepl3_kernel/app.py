@@ -55,7 +55,9 @@ class PyRepl3KernelApp(IPKernelApp):
     def load_config_file(self, suppress_errors: Any = None) -> None:  # type: ignore[override]
         super().load_config_file(suppress_errors)
         try:
-            Application.load_config_file(self, CONFIG_BASENAME, path=jupyter_config_path())
+            Application.load_config_file(
+                self, CONFIG_BASENAME, path=jupyter_config_path()
+            )
         except ConfigFileNotFound:
             self.log.debug("no %s in the Jupyter config path", CONFIG_BASENAME)
 

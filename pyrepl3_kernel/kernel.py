@@ -11,26 +11,23 @@ answers from the control thread.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-import psutil
-import zmq
-import zmq.asyncio
-from ipykernel.kernelbase import Kernel
 from ipykernel._version import kernel_protocol_version
+from ipykernel.kernelbase import Kernel
 from traitlets import Any as AnyTrait
 
 from ._version import __version__
-from .errors import PyRepl3Error, WorkerDiedError, WorkerStartError
+from .errors import PyRepl3Error, WorkerStartError
 from .output.stage import OutputStage
 from .protocol.messages import Kind, WorkerMessage
 from .requests import check_frames
+from .stdin import StdinRouter
+from .usage import UsageReader
 from .session.pool import SessionPool
 from .session.session import ExecuteOutcome, Session
 
@@ -38,10 +35,18 @@ __all__ = ["PyRepl3Kernel"]
 
 T = TypeVar("T")
 
-_COMM_KINDS = {"comm_open": Kind.COMM_OPEN, "comm_msg": Kind.COMM_MSG, "comm_close": Kind.COMM_CLOSE}
+_COMM_KINDS = {
+    "comm_open": Kind.COMM_OPEN,
+    "comm_msg": Kind.COMM_MSG,
+    "comm_close": Kind.COMM_CLOSE,
+}
 # Control requests answered by an error: these features do not exist here.
-_UNSUPPORTED = ("debug_request", "create_subshell_request", "delete_subshell_request",
-                "list_subshell_request")
+_UNSUPPORTED = (
+    "debug_request",
+    "create_subshell_request",
+    "delete_subshell_request",
+    "list_subshell_request",
+)
 
 
 class PyRepl3Kernel(Kernel):
@@ -81,9 +86,8 @@ class PyRepl3Kernel(Kernel):
         self._main_loop: asyncio.AbstractEventLoop | None = None
         self._main_thread = threading.current_thread()
         self._comms: dict[str, str] = {}  # comm_id -> target_name, both directions
-        self._idents: dict[str, Any] = {}  # execute msg_id -> shell routing identity
-        self._inputs: dict[str, tuple[Session, str, str]] = {}  # input_request msg_id -> ...
-        self._processes: dict[int, psutil.Process] = {}
+        self._usage = UsageReader()
+        self.stdin: StdinRouter | None = None
         self.stage: OutputStage | None = None
         self.pool = SessionPool(
             parent=self,
@@ -92,8 +96,10 @@ class PyRepl3Kernel(Kernel):
             sink_for=self._sink_for,
             session_hooks={
                 "on_input": self._forward_input,
-                "on_input_cancel": self._drop_input,
-                "on_cell_end": self._on_cell_end,
+                "on_input_cancel": lambda input_id: self._stdin_router().cancel(
+                    input_id
+                ),
+                "on_cell_end": lambda req: self._stdin_router().cell_ended(req),
                 "on_kernel_action": self._on_kernel_action,
             },
             connection_file=_connection_file(self.parent),
@@ -123,8 +129,8 @@ class PyRepl3Kernel(Kernel):
     async def _start_on_loop(self) -> None:
         self.stage = OutputStage(self._publish_output, parent=self)
         self.pool.start()
-        self._stdin_async = zmq.asyncio.Socket.shadow(self.stdin_socket.underlying)
-        asyncio.ensure_future(self._read_stdin())
+        self.stdin = StdinRouter(self.session, self.stdin_socket)
+        asyncio.ensure_future(self.stdin.run())
 
     def pre_handler_hook(self) -> None:
         # The base makes SIGINT raise during handlers; here it is an interrupt.
@@ -165,7 +171,9 @@ class PyRepl3Kernel(Kernel):
             "evalue": f"{msg_type} is not supported by the pyrepl3 kernel",
             "traceback": [],
         }
-        self.session.send(stream, msg_type.replace("_request", "_reply"), content, parent, ident)
+        self.session.send(
+            stream, msg_type.replace("_request", "_reply"), content, parent, ident
+        )
 
     debug_request = _refuse
     create_subshell_request = _refuse
@@ -180,7 +188,9 @@ class PyRepl3Kernel(Kernel):
             return
         await super().shell_channel_thread_main(msg)
 
-    async def dispatch_shell(self, msg: list[Any], /, *args: Any, **kwargs: Any) -> None:
+    async def dispatch_shell(
+        self, msg: list[Any], /, *args: Any, **kwargs: Any
+    ) -> None:
         # Checked again on the main thread: a replay of a message that was
         # still in flight during the first check is only detectable here.
         is_marker = len(msg) == 1  # ipykernel's internal "stop aborting" marker
@@ -194,13 +204,26 @@ class PyRepl3Kernel(Kernel):
             return True
         self.log.warning("refused shell message reason=%s", problem.reason)
         header = problem.header
-        if stream is not None and header is not None and header["msg_type"].endswith("_request"):
+        if (
+            stream is not None
+            and header is not None
+            and header["msg_type"].endswith("_request")
+        ):
             # Well signed but malformed: the sender deserves an error reply.
-            content = {"status": "error", "ename": "BadRequest",
-                       "evalue": problem.reason, "traceback": []}
+            content = {
+                "status": "error",
+                "ename": "BadRequest",
+                "evalue": problem.reason,
+                "traceback": [],
+            }
             self._publish_status("busy", "shell", parent=header)
-            self.session.send(stream, header["msg_type"].replace("_request", "_reply"),
-                              content, parent=header, ident=problem.idents)
+            self.session.send(
+                stream,
+                header["msg_type"].replace("_request", "_reply"),
+                content,
+                parent=header,
+                ident=problem.idents,
+            )
             self._publish_status("idle", "shell", parent=header)
         return False
 
@@ -251,11 +274,15 @@ class PyRepl3Kernel(Kernel):
             return await coro
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
 
-    async def interrupt_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+    async def interrupt_request(
+        self, stream: Any, ident: Any, parent: dict[str, Any]
+    ) -> None:
         loop = self._main_loop
         if loop is not None:
             loop.call_soon_threadsafe(self.pool.interrupt)
-        self.session.send(stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident)
+        self.session.send(
+            stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident
+        )
 
     # -- execute ---------------------------------------------------------------
 
@@ -271,7 +298,9 @@ class PyRepl3Kernel(Kernel):
         cell_id: str | None = None,
     ) -> dict[str, Any]:
         return await self._on_main(
-            self._execute(code, silent, store_history, user_expressions, allow_stdin, cell_id)
+            self._execute(
+                code, silent, store_history, user_expressions, allow_stdin, cell_id
+            )
         )
 
     async def _execute(
@@ -288,9 +317,17 @@ class PyRepl3Kernel(Kernel):
         stage = self.stage
         assert stage is not None
         count = self._next_count
-        self._idents[header["msg_id"]] = self._get_shell_context_var(self._shell_parent_ident)
+        stdin = self._stdin_router()
+        stdin.idents[header["msg_id"]] = self._get_shell_context_var(
+            self._shell_parent_ident
+        )
 
-        def tell_about_earlier_deaths() -> None:
+        takes_number = not silent and store_history
+
+        def on_start() -> None:
+            # A worker adopted from here on (this one died) continues after
+            # this cell's number; an earlier death is told in this cell.
+            self._counting = takes_number
             notice = self.pool.take_notice()
             if notice:
                 stage.write("stderr", notice, header)
@@ -299,19 +336,20 @@ class PyRepl3Kernel(Kernel):
             "code": code if isinstance(code, str) else str(code),
             "silent": bool(silent),
             "store_history": bool(store_history),
-            "user_expressions": user_expressions if isinstance(user_expressions, dict) else {},
+            "user_expressions": user_expressions
+            if isinstance(user_expressions, dict)
+            else {},
             "allow_stdin": bool(allow_stdin),
             "cell_id": cell_id,
         }
-        # A worker adopted while this cell runs (its worker died) continues
-        # after this cell's number.
-        self._counting = not silent and store_history
         try:
-            outcome = await self.pool.execute(content, header, count, tell_about_earlier_deaths)
+            outcome = await self.pool.execute(
+                content, header, count, on_start
+            )
         except WorkerStartError as exc:
             outcome = ExecuteOutcome(_start_failure(exc, count), made_here=True)
         finally:
-            self._idents.pop(header["msg_id"], None)
+            stdin.idents.pop(header["msg_id"], None)
             self._counting = False
         reply = outcome.reply
         if outcome.made_here:
@@ -322,10 +360,12 @@ class PyRepl3Kernel(Kernel):
                 header,
             )
         await stage.drain(header)
-        if not silent:
-            worker_count = reply.get("execution_count")
-            known = isinstance(worker_count, int) and not outcome.made_here
-            self._next_count = (worker_count if known else count) + 1
+        worker_count = reply.get("execution_count")
+        if outcome.made_here or not isinstance(worker_count, int):
+            if takes_number:
+                self._next_count = count + 1
+        elif not silent:
+            self._next_count = worker_count + 1
         restart = self.pool.pending_restart
         if restart:
             await self.pool.restart(restart)
@@ -333,20 +373,35 @@ class PyRepl3Kernel(Kernel):
 
     # -- requests answered by the worker's shell ----------------------------------
 
-    async def _ask(self, kind: Kind, content: dict[str, Any], fallback: dict[str, Any]) -> dict[str, Any]:
+    async def _ask(
+        self, kind: Kind, content: dict[str, Any], fallback: dict[str, Any]
+    ) -> dict[str, Any]:
         parent = self.get_parent()
         try:
-            return await self._on_main(self.pool.request(kind, content, parent.get("header", {})))
+            return await self._on_main(
+                self.pool.request(kind, content, parent.get("header", {}))
+            )
         except PyRepl3Error as exc:
             self.log.warning("request failed kind=%s reason=%s", kind, exc)
-            return dict(fallback, status="error", ename=type(exc).__name__, evalue=str(exc),
-                        traceback=[])
+            return dict(
+                fallback,
+                status="error",
+                ename=type(exc).__name__,
+                evalue=str(exc),
+                traceback=[],
+            )
 
     async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:  # type: ignore[override]
         cursor = len(code) if cursor_pos is None else cursor_pos
         return await self._ask(
-            Kind.COMPLETE, {"code": code, "cursor_pos": cursor_pos},
-            {"matches": [], "cursor_start": cursor, "cursor_end": cursor, "metadata": {}},
+            Kind.COMPLETE,
+            {"code": code, "cursor_pos": cursor_pos},
+            {
+                "matches": [],
+                "cursor_start": cursor,
+                "cursor_end": cursor,
+                "metadata": {},
+            },
         )
 
     async def do_inspect(  # type: ignore[override]
@@ -354,8 +409,12 @@ class PyRepl3Kernel(Kernel):
     ) -> dict[str, Any]:
         return await self._ask(
             Kind.INSPECT,
-            {"code": code, "cursor_pos": cursor_pos, "detail_level": detail_level,
-             "omit_sections": list(omit_sections)},
+            {
+                "code": code,
+                "cursor_pos": cursor_pos,
+                "detail_level": detail_level,
+                "omit_sections": list(omit_sections),
+            },
             {"found": False, "data": {}, "metadata": {}},
         )
 
@@ -364,13 +423,28 @@ class PyRepl3Kernel(Kernel):
         return reply if reply.get("status") != "error" else {"status": "unknown"}
 
     async def do_history(  # type: ignore[override]
-        self, hist_access_type: str, output: bool, raw: bool, session: int = 0,
-        start: int = 0, stop: int | None = None, n: int | None = None,
-        pattern: str | None = None, unique: bool = False,
+        self,
+        hist_access_type: str,
+        output: bool,
+        raw: bool,
+        session: int = 0,
+        start: int = 0,
+        stop: int | None = None,
+        n: int | None = None,
+        pattern: str | None = None,
+        unique: bool = False,
     ) -> dict[str, Any]:
-        content = {"hist_access_type": hist_access_type, "output": output, "raw": raw,
-                   "session": session, "start": start, "stop": stop, "n": n,
-                   "pattern": pattern, "unique": unique}
+        content = {
+            "hist_access_type": hist_access_type,
+            "output": output,
+            "raw": raw,
+            "session": session,
+            "start": start,
+            "stop": stop,
+            "n": n,
+            "pattern": pattern,
+            "unique": unique,
+        }
         return await self._ask(Kind.HISTORY, content, {"history": []})
 
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
@@ -383,15 +457,21 @@ class PyRepl3Kernel(Kernel):
         msg_type = parent["header"]["msg_type"]
         content = parent["content"]
         self._track_comm(msg_type, content)
-        metadata = parent.get("metadata") if isinstance(parent.get("metadata"), dict) else {}
+        metadata = (
+            parent.get("metadata") if isinstance(parent.get("metadata"), dict) else {}
+        )
         try:
             await self.pool.request(
-                _COMM_KINDS[msg_type], content, parent["header"],
+                _COMM_KINDS[msg_type],
+                content,
+                parent["header"],
                 buffers=tuple(bytes(b) for b in parent.get("buffers", [])),
                 extra={"jmeta": metadata},
             )
         except PyRepl3Error as exc:
-            self.log.warning("comm message not delivered type=%s reason=%s", msg_type, exc)
+            self.log.warning(
+                "comm message not delivered type=%s reason=%s", msg_type, exc
+            )
         # Idle for this comm message only once the handler's output is out.
         assert self.stage is not None
         await self.stage.drain()
@@ -411,7 +491,9 @@ class PyRepl3Kernel(Kernel):
         elif msg_type == "comm_close":
             self._comms.pop(comm_id, None)
 
-    async def comm_info_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+    async def comm_info_request(
+        self, stream: Any, ident: Any, parent: dict[str, Any]
+    ) -> None:
         content = parent.get("content") or {}
         target = content.get("target_name") if isinstance(content, dict) else None
         comms = {
@@ -419,38 +501,17 @@ class PyRepl3Kernel(Kernel):
             for comm_id, name in dict(self._comms).items()
             if target is None or name == target
         }
-        self.session.send(stream, "comm_info_reply", {"status": "ok", "comms": comms}, parent, ident)
+        self.session.send(
+            stream, "comm_info_reply", {"status": "ok", "comms": comms}, parent, ident
+        )
 
     # -- usage --------------------------------------------------------------------
 
-    async def usage_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
-        content = await self._on_main(self._usage())
+    async def usage_request(
+        self, stream: Any, ident: Any, parent: dict[str, Any]
+    ) -> None:
+        content = await self._on_main(_call(self._usage.read))
         self.session.send(stream, "usage_reply", content, parent, ident)
-
-    async def _usage(self) -> dict[str, Any]:
-        me = psutil.Process()
-        tree = [me, *me.children(recursive=True)]
-        self._processes = {p.pid: self._processes.get(p.pid, p) for p in tree}
-        cpu = memory = 0.0
-        for process in self._processes.values():
-            try:
-                cpu += process.cpu_percent()
-                memory += process.memory_full_info().pss
-            except (psutil.Error, AttributeError):
-                continue  # a process that just exited costs nothing any more
-        content: dict[str, Any] = {
-            "hostname": socket.gethostname(),
-            "pid": os.getpid(),
-            "kernel_cpu": cpu,
-            "kernel_memory": memory,
-            "cpu_count": psutil.cpu_count(logical=True),
-            "host_virtual_memory": dict(psutil.virtual_memory()._asdict()),
-            "processes": len(self._processes),
-        }
-        host_cpu = psutil.cpu_percent()
-        if host_cpu:
-            content["host_cpu_percent"] = host_cpu
-        return content
 
     # -- output -------------------------------------------------------------------
 
@@ -470,67 +531,33 @@ class PyRepl3Kernel(Kernel):
         return sink
 
     def _publish_output(
-        self, kind: Kind, content: dict[str, Any], parent: dict[str, Any],
-        buffers: tuple[bytes, ...], metadata: dict[str, Any],
+        self,
+        kind: Kind,
+        content: dict[str, Any],
+        parent: dict[str, Any],
+        buffers: tuple[bytes, ...],
+        metadata: dict[str, Any],
     ) -> None:
         self.session.send(
-            self.iopub_socket, kind.value, content, parent=parent,
-            ident=self._topic(kind.value), buffers=list(buffers) or None,
+            self.iopub_socket,
+            kind.value,
+            content,
+            parent=parent,
+            ident=self._topic(kind.value),
+            buffers=list(buffers) or None,
             metadata=metadata or None,
         )
 
-    # -- stdin ----------------------------------------------------------------------
+    # -- stdin ------------------------------------------------------------------
 
-    def _forward_input(self, execution: Any, message: WorkerMessage) -> None:
-        header = execution.parent
-        ident = self._idents.get(header.get("msg_id", ""))
-        input_id = str(message.extra.get("input_id", ""))
-        content = {"prompt": str(message.content.get("prompt", "")),
-                   "password": bool(message.content.get("password", False))}
-        sent = self.session.send(self.stdin_socket, "input_request", content, parent=header,
-                                 ident=ident)
-        session = self.pool.active_session
-        if sent is not None and session is not None:
-            self._inputs[sent["header"]["msg_id"]] = (session, input_id, execution.req)
+    def _stdin_router(self) -> StdinRouter:
+        assert self.stdin is not None, "the kernel has not started"
+        return self.stdin
 
-    def _drop_input(self, input_id: str) -> None:
-        for key, (_, known, _) in list(self._inputs.items()):
-            if known == input_id:
-                del self._inputs[key]
-
-    def _on_cell_end(self, req: str) -> None:
-        for key, (_, _, owner) in list(self._inputs.items()):
-            if owner == req:
-                del self._inputs[key]
-
-    async def _read_stdin(self) -> None:
-        """Route each input_reply to the prompt it answers; drop stale ones."""
-        while True:
-            try:
-                frames = await self._stdin_async.recv_multipart(copy=False)
-                _, body = self.session.feed_identities(frames, copy=False)
-                reply = self.session.deserialize(body, content=True, copy=False)
-            except zmq.ZMQError:
-                return
-            except Exception as exc:
-                self.log.warning("dropped stdin message reason=%s", _reason(exc))
-                continue
-            parent_id = (reply.get("parent_header") or {}).get("msg_id", "")
-            if not parent_id and self._inputs:
-                # Some clients (jupyter_client's `input`) send no parent: the
-                # reply answers the oldest open prompt, as a terminal would.
-                parent_id = next(iter(self._inputs))
-            pending = self._inputs.pop(parent_id, None)
-            content = reply.get("content")
-            if pending is None or not isinstance(content, dict):
-                self.log.debug("dropped stale input_reply parent=%s", parent_id)
-                continue
-            session, input_id, _ = pending
-            value = content.get("value")
-            session.post_nowait(
-                Kind.INPUT_REPLY,
-                {"input_id": input_id, "value": value if isinstance(value, str) else None},
-            )
+    def _forward_input(
+        self, session: Session, execution: Any, message: WorkerMessage
+    ) -> None:
+        self._stdin_router().forward(session, execution.req, execution.parent, message)
 
     # -- magics that talk to the kernel ------------------------------------------------
 
@@ -590,8 +617,10 @@ def _start_failure(error: WorkerStartError, count: int) -> dict[str, Any]:
         "status": "error",
         "ename": "WorkerStartError",
         "evalue": lines[0],
-        "traceback": ["WorkerStartError: the kernel could not start a worker to run this cell.",
-                      *lines],
+        "traceback": [
+            "WorkerStartError: the kernel could not start a worker to run this cell.",
+            *lines,
+        ],
         "execution_count": count,
         "user_expressions": {},
         "payload": [],

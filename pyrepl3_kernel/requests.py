@@ -76,7 +76,9 @@ def check_frames(session: JupyterSession, frames: list[Any]) -> Problem | None:
         return Problem("no delimiter frame between routing identities and message")
     parts = [_as_bytes(part) for part in parts]
     if len(parts) < 5:
-        return Problem(f"truncated message: {len(parts)} frames after the delimiter, need 5")
+        return Problem(
+            f"truncated message: {len(parts)} frames after the delimiter, need 5"
+        )
     if session.auth is not None:
         signature = parts[0]
         if not signature:
@@ -97,8 +99,11 @@ def check_frames(session: JupyterSession, frames: list[Any]) -> Problem | None:
         return Problem("header lacks a string msg_type or msg_id")
     routing = [_as_bytes(i) for i in idents]
     if not isinstance(content, dict):
-        return Problem(f"{msg_type} content is {type(content).__name__}, not an object",
-                       header, routing)
+        return Problem(
+            f"{msg_type} content is {type(content).__name__}, not an object",
+            header,
+            routing,
+        )
     reason = _check_content(msg_type, content)
     return Problem(reason, header, routing) if reason else None
 

@@ -30,7 +30,9 @@ __all__ = ["OutputStage", "Publish"]
 
 logger = logging.getLogger(__name__)
 
-Publish = Callable[[Kind, dict[str, Any], dict[str, Any], tuple[bytes, ...], dict[str, Any]], None]
+Publish = Callable[
+    [Kind, dict[str, Any], dict[str, Any], tuple[bytes, ...], dict[str, Any]], None
+]
 Credit = Callable[[int], None]
 
 
@@ -80,8 +82,12 @@ class OutputStage(LoggingConfigurable):
         super().__init__(**kwargs)
         self._publish = publish
         self._loop = asyncio.get_running_loop()
-        self._bucket = TokenBucket(self.msg_rate_limit, self.data_rate_limit, self._loop.time)
-        self._fifo: collections.deque[_Item | asyncio.Future[None]] = collections.deque()
+        self._bucket = TokenBucket(
+            self.msg_rate_limit, self.data_rate_limit, self._loop.time
+        )
+        self._fifo: collections.deque[_Item | asyncio.Future[None]] = (
+            collections.deque()
+        )
         self._backlog = 0  # stream chars waiting in `_fifo`
         self._arrived = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -105,12 +111,21 @@ class OutputStage(LoggingConfigurable):
             self.write(name, text, message.parent, credit)
             return
         self._fifo.append(
-            _Item(message.kind, message.content, message.parent, message.buffers,
-                  message.extra.get("jmeta", {}) if isinstance(message.extra.get("jmeta"), dict) else {})
+            _Item(
+                message.kind,
+                message.content,
+                message.parent,
+                message.buffers,
+                message.extra.get("jmeta", {})
+                if isinstance(message.extra.get("jmeta"), dict)
+                else {},
+            )
         )
         self._arrived.set()
 
-    def write(self, name: str, text: str, parent: dict[str, Any], credit: Credit | None = None) -> None:
+    def write(
+        self, name: str, text: str, parent: dict[str, Any], credit: Credit | None = None
+    ) -> None:
         """Queue stream text (also used for the kernel's own notices)."""
         if self.drop_excess and self._backlog + len(text) > self.drop_backlog:
             msg_id = str(parent.get("msg_id", ""))

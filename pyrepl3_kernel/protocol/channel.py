@@ -44,7 +44,9 @@ def encodable(text: str) -> str:
 def pack(obj: Any) -> bytes:
     """Serialise `obj` as UTF-8 JSON; never fails on what user code printed."""
     try:
-        text = json.dumps(obj, default=json_default, ensure_ascii=False, allow_nan=False)
+        text = json.dumps(
+            obj, default=json_default, ensure_ascii=False, allow_nan=False
+        )
     except ValueError:
         # NaN or infinity in display metadata: JSON has no spelling for them.
         text = json.dumps(obj, default=json_default, ensure_ascii=False)
@@ -85,7 +87,10 @@ class WorkerChannel:
         if message.req:
             metadata["req"] = message.req
         msg = self._signer.msg(
-            message.kind.value, message.content, parent=message.parent, metadata=metadata
+            message.kind.value,
+            message.content,
+            parent=message.parent,
+            metadata=metadata,
         )
         frames = self._signer.serialize(msg)
         # As in Jupyter messages, buffers follow the signed frames.
@@ -131,7 +136,11 @@ class WorkerChannel:
         kind = _KINDS.get(msg["header"].get("msg_type", ""))
         content = msg.get("content")
         metadata = msg.get("metadata")
-        if kind is None or not isinstance(content, dict) or not isinstance(metadata, dict):
+        if (
+            kind is None
+            or not isinstance(content, dict)
+            or not isinstance(metadata, dict)
+        ):
             raise ProtocolError(
                 f"dropped worker message of unknown shape: {msg['header'].get('msg_type')!r}"
             )

@@ -32,7 +32,9 @@ class LaunchedWorker:
 
     def send_options(self, options: dict[str, Any]) -> None:
         """Give the worker its options plus where to connect and how to sign."""
-        self.process.send_options(dict(options, endpoint=self.endpoint, key=self.key.hex()))
+        self.process.send_options(
+            dict(options, endpoint=self.endpoint, key=self.key.hex())
+        )
 
 
 def launch(private: PrivateDir, connection_file: str | None = None) -> LaunchedWorker:

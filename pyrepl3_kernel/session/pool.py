@@ -67,7 +67,8 @@ class SessionPool(LoggingConfigurable):
         " large address ranges and fail under a low limit.",
     ).tag(config=True)
     start_attempts = Integer(
-        3, help="Failed worker starts in a row before the pool gives up until the next request."
+        3,
+        help="Failed worker starts in a row before the pool gives up until the next request.",
     ).tag(config=True)
     metrics = Bool(
         False,
@@ -161,7 +162,10 @@ class SessionPool(LoggingConfigurable):
         """
         while True:
             session = self._active
-            if session is not None and session.state in (SessionState.READY, SessionState.BUSY):
+            if session is not None and session.state in (
+                SessionState.READY,
+                SessionState.BUSY,
+            ):
                 return session
             if self._activating is None or self._activating.done():
                 if self._activating is not None and self._activating.done():
@@ -281,7 +285,9 @@ class SessionPool(LoggingConfigurable):
                 await session.wait_ready()
             except WorkerStartError as exc:
                 failures += 1
-                logger.warning("worker failed to start attempt=%s reason=%s", failures, exc)
+                logger.warning(
+                    "worker failed to start attempt=%s reason=%s", failures, exc
+                )
                 if failures >= self.start_attempts:
                     raise WorkerStartError(
                         f"Gave up starting a worker after {failures} attempts. {exc}"
@@ -321,7 +327,10 @@ class SessionPool(LoggingConfigurable):
 
     def statistics(self) -> dict[str, int]:
         """Counters for `%pyrepl3 stats` (metrics only when enabled)."""
-        stats = {"replacements": self.replacements, "spares_warm": len(self._spare_sessions)}
+        stats = {
+            "replacements": self.replacements,
+            "spares_warm": len(self._spare_sessions),
+        }
         if self.wait_metrics is not None:
             stats.update(
                 cancel_event_triggers=self.wait_metrics.cancel_event_triggers,
@@ -334,4 +343,3 @@ class SessionPool(LoggingConfigurable):
 def _log_failure(task: asyncio.Task[Session]) -> None:
     if not task.cancelled() and task.exception() is not None:
         logger.error("could not replace a dead worker reason=%s", task.exception())
-

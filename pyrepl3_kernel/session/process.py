@@ -40,7 +40,8 @@ def worker_environment(connection_file: str | None) -> dict[str, str]:
     env = {
         name: value
         for name, value in os.environ.items()
-        if name not in _PRIVATE_ENV and not (connection_file and connection_file in value)
+        if name not in _PRIVATE_ENV
+        and not (connection_file and connection_file in value)
     }
     env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
@@ -180,9 +181,8 @@ class WorkerProcess:
         self._maybe_done()
 
     def _maybe_done(self) -> None:
-        if self._pidfd is None and self.returncode is not None:
-            if not self._open_pipes:
-                self.exited.set()
+        if self._pidfd is None and self.returncode is not None and not self._open_pipes:
+            self.exited.set()
 
     def crash_text(self) -> str:
         """The last lines the worker wrote to its crash stream."""
@@ -191,7 +191,11 @@ class WorkerProcess:
     def is_oom_kill(self) -> bool:
         """Whether the cgroup's OOM killer struck since this worker started."""
         after = read_oom_kills()
-        return after is not None and self.oom_before is not None and after > self.oom_before
+        return (
+            after is not None
+            and self.oom_before is not None
+            and after > self.oom_before
+        )
 
     def signal_group(self, signum: int) -> bool:
         """Send `signum` to the worker's process group; False if it is gone."""

@@ -60,8 +60,11 @@ class Router:
         """Queue `message` for its request; False if no such request is open."""
         queue = self._queues.get(message.req)
         if queue is None:
-            logger.debug("dropped message of a closed request kind=%s req=%s",
-                         message.kind, message.req)
+            logger.debug(
+                "dropped message of a closed request kind=%s req=%s",
+                message.kind,
+                message.req,
+            )
             return False
         queue.put_nowait(message)
         return True

@@ -47,7 +47,9 @@ __all__ = ["ExecuteOutcome", "Session", "SessionState"]
 
 logger = logging.getLogger(__name__)
 
-ACK_WINDOW_S = 0.040  # s: an interrupt not acknowledged by then is ended here (50 ms promise)
+ACK_WINDOW_S = (
+    0.040  # s: an interrupt not acknowledged by then is ended here (50 ms promise)
+)
 CRASH_DRAIN_S = 0.050  # s: how long a death waits for the crash stream's last lines
 CLOSE_GRACE_S = 2.0  # s: a worker asked to shut down gets this long before SIGKILL
 
@@ -106,7 +108,7 @@ class Session:
         *,
         grace: float,
         metrics: WaitMetrics | None = None,
-        on_input: Callable[[_Execution, WorkerMessage], None] | None = None,
+        on_input: Callable[[Session, _Execution, WorkerMessage], None] | None = None,
         on_input_cancel: Callable[[str], None] | None = None,
         on_cell_end: Callable[[str], None] | None = None,
         on_death: Callable[[Session], None] | None = None,
@@ -167,7 +169,9 @@ class Session:
             self._set_state(SessionState.READY)
 
     def _set_state(self, state: SessionState) -> None:
-        logger.debug("session state pid=%s %s -> %s", self.pid, self.state.value, state.value)
+        logger.debug(
+            "session state pid=%s %s -> %s", self.pid, self.state.value, state.value
+        )
         self.state = state
         if state in (SessionState.READY, SessionState.DEAD):
             self._idle.set()
@@ -184,7 +188,9 @@ class Session:
         description = describe_exit(process.returncode)
         if process.returncode == -signal.SIGKILL and process.is_oom_kill():
             description += " (out of memory: the cgroup's OOM killer ended it)"
-        self.death = WorkerDiedError(process.returncode, description, process.crash_text())
+        self.death = WorkerDiedError(
+            process.returncode, description, process.crash_text()
+        )
         was = self.state
         self.notice = self._death_notice(was, self.death)
         self._set_state(SessionState.DEAD)
@@ -244,7 +250,9 @@ class Session:
         try:
             await asyncio.wait_for(self.process.reaped.wait(), CLOSE_GRACE_S)
         except TimeoutError:
-            logger.warning("worker ignored shutdown pid=%s; killing its group", self.pid)
+            logger.warning(
+                "worker ignored shutdown pid=%s; killing its group", self.pid
+            )
         self.process.kill_group()
         await self.process.reaped.wait()
 
@@ -255,7 +263,10 @@ class Session:
             try:
                 message = await self._channel.recv()
             except ProtocolError as exc:
-                if self.state in (SessionState.DEAD, SessionState.STOPPING) or self._socket.closed:
+                if (
+                    self.state in (SessionState.DEAD, SessionState.STOPPING)
+                    or self._socket.closed
+                ):
                     return
                 logger.warning("dropped worker message pid=%s reason=%s", self.pid, exc)
                 continue
@@ -277,10 +288,17 @@ class Session:
         elif kind is Kind.KERNEL_ACTION:
             if self._on_kernel_action is not None:
                 self._on_kernel_action(self, message)
-        elif kind in (Kind.REPLY, Kind.INTERRUPT_ACK, Kind.INPUT_REQUEST, Kind.INPUT_CANCEL):
+        elif kind in (
+            Kind.REPLY,
+            Kind.INTERRUPT_ACK,
+            Kind.INPUT_REQUEST,
+            Kind.INPUT_CANCEL,
+        ):
             self._router.route(message)
         else:
-            logger.warning("dropped unexpected worker message pid=%s kind=%s", self.pid, kind)
+            logger.warning(
+                "dropped unexpected worker message pid=%s kind=%s", self.pid, kind
+            )
 
     # -- plain requests ----------------------------------------------------
 
@@ -339,7 +357,9 @@ class Session:
         """
         await self._idle.wait()
         if self.state is not SessionState.READY:
-            raise SessionClosedError(f"session of worker {self.pid} is {self.state.value}")
+            raise SessionClosedError(
+                f"session of worker {self.pid} is {self.state.value}"
+            )
         if on_start is not None:
             on_start()
         req, queue = self._router.open()
@@ -354,12 +374,16 @@ class Session:
     async def _follow(self, execution: _Execution, content: dict[str, Any]) -> None:
         try:
             await self._channel.send(
-                WorkerMessage(Kind.EXECUTE, content, parent=execution.parent, req=execution.req)
+                WorkerMessage(
+                    Kind.EXECUTE, content, parent=execution.parent, req=execution.req
+                )
             )
             await self._follow_until_done(execution)
         except Exception as exc:  # a bug here must still answer the frontend
             logger.exception("execution follower failed pid=%s", self.pid)
-            execution.answer(ExecuteOutcome(_error_content(exc, execution), made_here=True))
+            execution.answer(
+                ExecuteOutcome(_error_content(exc, execution), made_here=True)
+            )
         finally:
             self._router.close(execution.req)
             self._running = None
@@ -373,7 +397,10 @@ class Session:
         while True:
             try:
                 item = await wait_message(
-                    execution.queue, execution.cancel, self._next_deadline(execution), self.metrics
+                    execution.queue,
+                    execution.cancel,
+                    self._next_deadline(execution),
+                    self.metrics,
                 )
             except Cancelled:
                 execution.cancel.clear()
@@ -392,12 +419,16 @@ class Session:
                 execution.acks += 1
                 execution.ack_deadline = None
             elif item.kind is Kind.INPUT_REQUEST and self._on_input is not None:
-                self._on_input(execution, item)
+                self._on_input(self, execution, item)
             elif item.kind is Kind.INPUT_CANCEL and self._on_input_cancel is not None:
                 self._on_input_cancel(str(item.extra.get("input_id", "")))
 
     def _next_deadline(self, execution: _Execution) -> float | None:
-        deadlines = [execution.ack_deadline, execution.timeout_at, self._escalate_at(execution)]
+        deadlines = [
+            execution.ack_deadline,
+            execution.timeout_at,
+            self._escalate_at(execution),
+        ]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -407,7 +438,10 @@ class Session:
         if execution.acks and execution.requested < 2:
             return None  # one acknowledged interrupt never kills
         assert execution.last_interrupt is not None
-        return max(execution.first_interrupt + self.grace, execution.last_interrupt + ACK_WINDOW_S)
+        return max(
+            execution.first_interrupt + self.grace,
+            execution.last_interrupt + ACK_WINDOW_S,
+        )
 
     def _on_deadline(self, execution: _Execution, now: float) -> bool:
         """Act on whichever deadline passed; True when the execution is over."""
@@ -416,7 +450,9 @@ class Session:
             if execution.acks < execution.delivered:
                 if self.metrics is not None:
                     self.metrics.executions_cancelled += 1
-                execution.answer(ExecuteOutcome(_interrupted_content(execution), made_here=True))
+                execution.answer(
+                    ExecuteOutcome(_interrupted_content(execution), made_here=True)
+                )
         if execution.timeout_at is not None and now >= execution.timeout_at:
             execution.timeout_at = None
             logger.warning("cell timed out pid=%s req=%s", self.pid, execution.req)
@@ -427,7 +463,9 @@ class Session:
             if self.metrics is not None:
                 self.metrics.escalations += 1
             logger.warning(
-                "interrupt did not take; killing worker pid=%s grace=%s", self.pid, self.grace
+                "interrupt did not take; killing worker pid=%s grace=%s",
+                self.pid,
+                self.grace,
             )
             self.kill()
         return False
@@ -450,11 +488,12 @@ class Session:
         execution.last_interrupt = now
         if execution.first_interrupt is None:
             execution.first_interrupt = now
-        if execution.delivered == execution.acks:
-            if self.process.signal_group(signal.SIGINT):
-                execution.delivered += 1
-                if not execution.answered.done():
-                    execution.ack_deadline = now + ACK_WINDOW_S
+        if execution.delivered == execution.acks and self.process.signal_group(
+            signal.SIGINT
+        ):
+            execution.delivered += 1
+            if not execution.answered.done():
+                execution.ack_deadline = now + ACK_WINDOW_S
         execution.cancel.set()
         return True
 
@@ -493,10 +532,14 @@ def _error_content(error: BaseException, execution: _Execution) -> dict[str, Any
         if execution.escalated:
             ename = "KeyboardInterrupt"
             lines = [
-                "KeyboardInterrupt: the worker did not stop after the interrupt, so it was"
-                " killed and replaced.",
-                "All variables were lost. The grace period before this happens is set by"
-                " SessionPool.interrupt_grace.",
+                (
+                    "KeyboardInterrupt: the worker did not stop after the interrupt,"
+                    " so it was killed and replaced."
+                ),
+                (
+                    "All variables were lost. The grace period before this happens is"
+                    " set by SessionPool.interrupt_grace."
+                ),
             ]
         else:
             ename = "WorkerDied"
@@ -505,7 +548,11 @@ def _error_content(error: BaseException, execution: _Execution) -> dict[str, Any
                 "All variables were lost; a fresh worker runs the next cell.",
             ]
             if error.crash_text:
-                lines += ["", "Last output of the worker before it died:", error.crash_text]
+                lines += [
+                    "",
+                    "Last output of the worker before it died:",
+                    error.crash_text,
+                ]
         evalue = lines[0].split(": ", 1)[1]
     else:
         ename = type(error).__name__

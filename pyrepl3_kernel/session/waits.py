@@ -91,15 +91,15 @@ async def wait_message(
 async def _reap(getter: asyncio.Future[T], queue: asyncio.Queue[T]) -> None:
     """Cancel `getter` if pending; an item it took while losing goes back first."""
     if getter.done():
-        return None
+        return
     getter.cancel()
     try:
         item = await getter
     except asyncio.CancelledError:
-        return None
+        return
     # The getter won the race against our cancel: keep the item at the head.
     _put_front(queue, item)
-    return None
+    return
 
 
 def _put_front(queue: asyncio.Queue[T], item: T) -> None:

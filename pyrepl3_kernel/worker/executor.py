@@ -16,10 +16,10 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from IPython.core.completer import provisionalcompleter, rectify_completions
-from IPython.utils.tokenutil import token_at_cursor
 from ipykernel.jsonutil import json_clean
 from ipykernel.zmqshell import ZMQInteractiveShell
+from IPython.core.completer import provisionalcompleter, rectify_completions
+from IPython.utils.tokenutil import token_at_cursor
 
 from ..protocol.messages import Kind, WorkerMessage
 from .inputs import InputBroker
@@ -109,14 +109,21 @@ class Executor:
                 reply = _error_reply(exc, [])
             if reply is not None:
                 self._io.barrier()
-                self._outbox.post(WorkerMessage(Kind.REPLY, json_clean(reply), req=message.req))
+                self._outbox.post(
+                    WorkerMessage(Kind.REPLY, json_clean(reply), req=message.req)
+                )
 
     # -- execute ----------------------------------------------------------
 
     def _execute(self, message: WorkerMessage) -> dict[str, Any]:
         shell = self.shell
         content = message.content
-        parent = {"header": message.parent, "parent_header": {}, "metadata": {}, "content": {}}
+        parent = {
+            "header": message.parent,
+            "parent_header": {},
+            "metadata": {},
+            "content": {},
+        }
         silent = bool(content.get("silent", False))
         shell.set_parent(parent)
         shell._last_traceback = None
@@ -146,13 +153,20 @@ class Executor:
         finally:
             self._user_code = None
 
-    def _execute_reply(self, result: Any, user_expressions: dict[str, Any]) -> dict[str, Any]:
+    def _execute_reply(
+        self, result: Any, user_expressions: dict[str, Any]
+    ) -> dict[str, Any]:
         shell = self.shell
         reply: dict[str, Any]
-        if result is not None and result.success and not getattr(
-            shell, "_last_traceback_during_displayhook", False
+        if (
+            result is not None
+            and result.success
+            and not getattr(shell, "_last_traceback_during_displayhook", False)
         ):
-            reply = {"status": "ok", "user_expressions": shell.user_expressions(user_expressions)}
+            reply = {
+                "status": "ok",
+                "user_expressions": shell.user_expressions(user_expressions),
+            }
         else:
             if result is None:
                 error: BaseException = KeyboardInterrupt()
@@ -174,7 +188,9 @@ class Executor:
         cursor = len(code) if cursor is None else int(cursor)
         with provisionalcompleter():
             found = list(
-                rectify_completions(code, self.shell.Completer.completions(code, cursor))
+                rectify_completions(
+                    code, self.shell.Completer.completions(code, cursor)
+                )
             )
         kinds = [
             {
@@ -197,7 +213,9 @@ class Executor:
 
     def _inspect(self, message: WorkerMessage) -> dict[str, Any]:
         content = message.content
-        name = token_at_cursor(str(content.get("code", "")), int(content.get("cursor_pos", 0)))
+        name = token_at_cursor(
+            str(content.get("code", "")), int(content.get("cursor_pos", 0))
+        )
         try:
             bundle = self.shell.object_inspect_mime(
                 name,
@@ -224,10 +242,14 @@ class Executor:
         kind = c.get("hist_access_type")
         raw, output = bool(c.get("raw", True)), bool(c.get("output", False))
         if kind == "tail":
-            entries = manager.get_tail(c.get("n") or 10, raw=raw, output=output, include_latest=True)
+            entries = manager.get_tail(
+                c.get("n") or 10, raw=raw, output=output, include_latest=True
+            )
         elif kind == "range":
             session = int(c.get("session") or 0)
-            entries = manager.get_range(session, c.get("start", 0), c.get("stop"), raw=raw, output=output)
+            entries = manager.get_range(
+                session, c.get("start", 0), c.get("stop"), raw=raw, output=output
+            )
             # IPython labels lines of the running session 0; name it as asked.
             current = manager.session_number
             if session in (0, current) or session + current == current:
@@ -235,7 +257,10 @@ class Executor:
                 entries = [(label, line, data) for _, line, data in entries]
         elif kind == "search":
             entries = manager.search(
-                c.get("pattern") or "*", raw=raw, output=output, n=c.get("n"),
+                c.get("pattern") or "*",
+                raw=raw,
+                output=output,
+                n=c.get("n"),
                 unique=bool(c.get("unique", False)),
             )
         else:

@@ -57,7 +57,9 @@ class InputBroker:
         """Prompt the frontend and return its answer (any thread)."""
         cell = self._cell()
         if cell is None:
-            raise EOFError("input() was called while no cell is running; nobody can answer")
+            raise EOFError(
+                "input() was called while no cell is running; nobody can answer"
+            )
         req, parent, allow_stdin = cell
         if not allow_stdin:
             raise StdinNotImplementedError(

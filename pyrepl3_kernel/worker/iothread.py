@@ -180,7 +180,9 @@ class IOThread(threading.Thread):
         if self._paused and self._outbox.has_credit():
             assert self._loop is not None
             for name in self._paused:
-                self._loop.add_reader(self._pipes[name], self._read_pipe, name, self._pipes[name])
+                self._loop.add_reader(
+                    self._pipes[name], self._read_pipe, name, self._pipes[name]
+                )
             self._paused.clear()
 
     def barrier(self) -> None:

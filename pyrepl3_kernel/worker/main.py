@@ -11,11 +11,11 @@ import sys
 import traceback
 from typing import Any
 
+from ipykernel.zmqshell import ZMQInteractiveShell
 from IPython.core.application import BaseIPythonApplication
 from IPython.core.history import HistoryManager
 from IPython.core.profiledir import ProfileDir
 from IPython.core.shellapp import InteractiveShellApp
-from ipykernel.zmqshell import ZMQInteractiveShell
 from jupyter_client.session import extract_header
 from traitlets.config import Config
 
@@ -90,7 +90,9 @@ def run(options: dict[str, Any]) -> None:
     os._exit(0)
 
 
-def _serve(options: dict[str, Any], crash_fd: int, crash_stream: Any, pipes: dict[str, int]) -> None:
+def _serve(
+    options: dict[str, Any], crash_fd: int, crash_stream: Any, pipes: dict[str, int]
+) -> None:
     logging.basicConfig(
         stream=crash_stream,
         level=options.get("log_level", logging.WARNING),
@@ -145,7 +147,9 @@ def _serve(options: dict[str, Any], crash_fd: int, crash_stream: Any, pipes: dic
     bind_shell(shell, session, inputs)
     # ipykernel's `%matplotlib`/`%gui` support looks for the app's kernel.
     app.kernel = shell.kernel
-    shell.register_magics(PyRepl3Magics(shell, lambda message: _post_after_barrier(io, outbox, message)))
+    shell.register_magics(
+        PyRepl3Magics(shell, lambda message: _post_after_barrier(io, outbox, message))
+    )
     app.init_gui_pylab()
     app.init_extensions()
     app.init_code()

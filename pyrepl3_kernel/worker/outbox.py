@@ -85,7 +85,13 @@ class Outbox:
         return self._forked
 
     def write(
-        self, name: str, text: str, parent: dict[str, Any], *, wait: bool, eager: bool = True
+        self,
+        name: str,
+        text: str,
+        parent: dict[str, Any],
+        *,
+        wait: bool,
+        eager: bool = True,
     ) -> None:
         """Queue stream text; with `wait`, block (interruptibly) for credit first.
 

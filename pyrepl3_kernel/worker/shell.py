@@ -39,7 +39,9 @@ class WorkerSession(JupyterSession):
     the channel signs on the way out.
     """
 
-    def __init__(self, outbox: Outbox, barrier: Callable[[], None], **kwargs: Any) -> None:
+    def __init__(
+        self, outbox: Outbox, barrier: Callable[[], None], **kwargs: Any
+    ) -> None:
         super().__init__(check_pid=False, username="pyrepl3", **kwargs)
         self._outbox = outbox
         self._barrier = barrier
@@ -72,7 +74,9 @@ class WorkerSession(JupyterSession):
                 kind,
                 msg["content"],
                 parent=extract_header(msg.get("parent_header") or {}),
-                buffers=tuple(_as_bytes(b) for b in (buffers or msg.get("buffers") or ())),
+                buffers=tuple(
+                    _as_bytes(b) for b in (buffers or msg.get("buffers") or ())
+                ),
                 extra=extra,
             ),
             wait=threading.current_thread() is threading.main_thread(),
@@ -145,7 +149,9 @@ class KernelFacade:
         return self._inputs.ask(str(prompt), password=True)
 
 
-def bind_shell(shell: ZMQInteractiveShell, session: WorkerSession, inputs: InputBroker) -> None:
+def bind_shell(
+    shell: ZMQInteractiveShell, session: WorkerSession, inputs: InputBroker
+) -> None:
     """Point the shell's output paths, input and comms at the worker channel."""
     for publisher in (shell.displayhook, shell.display_pub):
         publisher.session = session
