@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
 
 __all__ = ["UsageReader"]
 
@@ -24,6 +25,9 @@ class UsageReader:
         self._processes: dict[int, psutil.Process] = {}
 
     def read(self) -> dict[str, Any]:
+        # Imported on first use: it is not needed to start the kernel.
+        import psutil
+
         me = psutil.Process()
         tree = [me, *me.children(recursive=True)]
         self._processes = {p.pid: self._processes.get(p.pid, p) for p in tree}

@@ -24,7 +24,7 @@ from typing import Any
 from traitlets import Bool, Float, Integer, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
-from ..errors import SessionClosedError, WorkerStartError
+from ..errors import SessionClosedError, WorkerDiedError, WorkerStartError
 from ..protocol.messages import Kind, WorkerMessage
 from . import prestart
 from .endpoint import PrivateDir
@@ -179,12 +179,22 @@ class SessionPool(LoggingConfigurable):
                 raise
 
     async def _activate(self, launched: LaunchedWorker | None) -> Session:
-        if self._spare_sessions and launched is None:
-            session = self._spare_sessions.popleft()
-        else:
-            session = await self._start_session(launched)
-        self._want_spare.set()
-        await session.request(Kind.ADOPT, {"execution_count": self._next_count()})
+        while True:
+            if self._spare_sessions and launched is None:
+                session = self._spare_sessions.popleft()
+            else:
+                session = await self._start_session(launched)
+                launched = None
+            self._want_spare.set()
+            try:
+                await session.request(
+                    Kind.ADOPT, {"execution_count": self._next_count()}
+                )
+            except WorkerDiedError:
+                # It died between warm-up and adoption; the next one will do.
+                logger.warning("worker died while being adopted pid=%s", session.pid)
+                continue
+            break
         session.sink = self._sink_for(session)
         self._active = session
         self._first_ready.set()

@@ -81,8 +81,17 @@ def run(options: dict[str, Any]) -> None:
     crash_fd, pipes = redirect_fds()
     crash_stream = os.fdopen(crash_fd, "w", buffering=1, closefd=False)
     try:
-        _serve(options, crash_fd, crash_stream, pipes)
-    except BaseException:
+        logging.basicConfig(
+            stream=crash_stream,
+            level=options.get("log_level", logging.WARNING),
+            format="[pyrepl3 worker %(process)d] %(levelname)s %(name)s: %(message)s",
+        )
+        _point_faulthandler(crash_fd)
+        os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)
+        worker = Worker(options, pipes)
+        worker.start()
+        worker.serve()
+    except BaseException:  # noqa: BLE001 - whatever it was, the kernel must learn it
         # The kernel shows the crash stream's tail to the user.
         traceback.print_exc(file=crash_stream)
         crash_stream.flush()
@@ -90,92 +99,101 @@ def run(options: dict[str, Any]) -> None:
     os._exit(0)
 
 
-def _serve(
-    options: dict[str, Any], crash_fd: int, crash_stream: Any, pipes: dict[str, int]
-) -> None:
-    logging.basicConfig(
-        stream=crash_stream,
-        level=options.get("log_level", logging.WARNING),
-        format="[pyrepl3 worker %(process)d] %(levelname)s %(name)s: %(message)s",
-    )
-    _point_faulthandler(crash_fd)
-    os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)
+class Worker:
+    """The parts of one worker process, wired together in the order they start.
 
-    outbox = Outbox(window=int(options.get("credit_window", 1 << 20)))
-    requests: queue.Queue[WorkerMessage] = queue.Queue()
-    shell_ref: list[ZMQInteractiveShell] = []
+    The main thread builds the shell and then serves requests; the I/O thread
+    (started first) owns the socket and the capture pipes.
+    """
 
-    def parent_header() -> dict[str, Any]:
-        if not shell_ref:
+    def __init__(self, options: dict[str, Any], pipes: dict[str, int]) -> None:
+        self._options = options
+        self.outbox = Outbox(window=int(options.get("credit_window", 1 << 20)))
+        self.requests: queue.Queue[WorkerMessage] = queue.Queue()
+        self.shell: ZMQInteractiveShell | None = None
+        self.executor: Executor | None = None
+        self._history_enabled = True
+        self.inputs = InputBroker(
+            post=self.post_ordered,
+            send_urgent=lambda message: self.io.send_urgent(message),
+            cell=lambda: self.executor.cell if self.executor else None,
+        )
+        self.io = IOThread(
+            endpoint=options["endpoint"],
+            key=bytes.fromhex(options["key"]),
+            outbox=self.outbox,
+            requests=self.requests,
+            on_input_reply=self.inputs.resolve,
+            fd_parent=self.parent_header,
+            pipes=pipes,
+        )
+
+    def parent_header(self) -> dict[str, Any]:
+        """Header of the request whose output this thread produces now."""
+        if self.shell is None:
             return {}
-        header: dict[str, Any] = extract_header(shell_ref[0].get_parent())
+        header: dict[str, Any] = extract_header(self.shell.get_parent())
         return header
 
-    executor_ref: list[Executor] = []
-    inputs = InputBroker(
-        post=lambda message: _post_after_barrier(io, outbox, message),
-        send_urgent=lambda message: io.send_urgent(message),
-        cell=lambda: executor_ref[0].cell if executor_ref else None,
-    )
-    io = IOThread(
-        endpoint=options["endpoint"],
-        key=bytes.fromhex(options["key"]),
-        outbox=outbox,
-        requests=requests,
-        on_input_reply=inputs.resolve,
-        fd_parent=parent_header,
-        pipes=pipes,
-    )
-    io.start_and_wait()
+    def post_ordered(self, message: WorkerMessage) -> None:
+        """Post `message` behind all output written so far, fd text included."""
+        self.io.barrier()
+        self.outbox.post(message)
 
-    sys.stdout = WorkerStream("stdout", outbox, parent_header, 1)
-    sys.stderr = WorkerStream("stderr", outbox, parent_header, 2)
-    sys.stdin = PromptStdin(inputs)
+    def start(self) -> None:
+        """Connect, capture output, build the shell, warm up, say ready."""
+        self.io.start_and_wait()
+        sys.stdout = WorkerStream("stdout", self.outbox, self.parent_header, 1)
+        sys.stderr = WorkerStream("stderr", self.outbox, self.parent_header, 2)
+        sys.stdin = PromptStdin(self.inputs)
+        shell = self._build_shell()
+        self.executor = Executor(
+            shell, self.io, self.outbox, self.inputs, self.requests, self.adopt
+        )
+        warmup = self._options.get("warmup_code") or ""
+        if warmup:
+            shell.run_cell(warmup, store_history=False, silent=True)
+        _apply_memory_limit(self._options.get("memory_limit"))
+        self.executor.install_sigint()
+        self.post_ordered(WorkerMessage(Kind.READY, {"pid": os.getpid()}))
 
-    app = WorkerShellApp.instance()
-    config = Config(options.get("config") or {})
-    # The history session starts when the kernel adopts this worker.
-    history_enabled = config.get("HistoryManager", {}).get("enabled", True)
-    config.HistoryManager.enabled = False
-    app.update_config(config)
-    app.initialize(argv=[])
-    app.init_path()
-    app.init_shell()
-    shell: ZMQInteractiveShell = app.shell
-    shell_ref.append(shell)
-    session = WorkerSession(outbox, io.barrier)
-    bind_shell(shell, session, inputs)
-    # ipykernel's `%matplotlib`/`%gui` support looks for the app's kernel.
-    app.kernel = shell.kernel
-    shell.register_magics(
-        PyRepl3Magics(shell, lambda message: _post_after_barrier(io, outbox, message))
-    )
-    app.init_gui_pylab()
-    app.init_extensions()
-    app.init_code()
+    def _build_shell(self) -> ZMQInteractiveShell:
+        app = WorkerShellApp.instance()
+        config = Config(self._options.get("config") or {})
+        # The history session starts when the kernel adopts this worker.
+        self._history_enabled = config.get("HistoryManager", {}).get("enabled", True)
+        config.HistoryManager.enabled = False
+        app.update_config(config)
+        app.initialize(argv=[])
+        app.init_path()
+        app.init_shell()
+        shell: ZMQInteractiveShell = app.shell
+        self.shell = shell
+        bind_shell(shell, WorkerSession(self.outbox, self.io.barrier), self.inputs)
+        # ipykernel's `%matplotlib`/`%gui` support looks for the app's kernel.
+        app.kernel = shell.kernel
+        shell.register_magics(PyRepl3Magics(shell, self.post_ordered))
+        app.init_gui_pylab()
+        app.init_extensions()
+        app.init_code()
+        return shell
 
-    def adopt(content: dict[str, Any]) -> None:
+    def adopt(self, content: dict[str, Any]) -> None:
+        """Become the active worker: continue the kernel's count, start history."""
+        shell = self.shell
+        assert shell is not None
         shell.execution_count = int(content.get("execution_count", 1))
-        manager = HistoryManager(shell=shell, parent=shell, enabled=history_enabled)
+        manager = HistoryManager(
+            shell=shell, parent=shell, enabled=self._history_enabled
+        )
         shell.history_manager = manager
         shell.configurables.append(manager)
 
-    executor = Executor(shell, io, outbox, inputs, requests, adopt)
-    executor_ref.append(executor)
-    warmup = options.get("warmup_code") or ""
-    if warmup:
-        shell.run_cell(warmup, store_history=False, silent=True)
-    _apply_memory_limit(options.get("memory_limit"))
-    executor.install_sigint()
-    io.barrier()
-    outbox.post(WorkerMessage(Kind.READY, {"pid": os.getpid()}))
-    try:
-        executor.serve()
-    finally:
-        shell.history_manager.end_session()
-        io.barrier()
-
-
-def _post_after_barrier(io: IOThread, outbox: Outbox, message: WorkerMessage) -> None:
-    io.barrier()
-    outbox.post(message)
+    def serve(self) -> None:
+        """Answer requests until the kernel asks us to stop."""
+        assert self.executor is not None and self.shell is not None
+        try:
+            self.executor.serve()
+        finally:
+            self.shell.history_manager.end_session()
+            self.io.barrier()
