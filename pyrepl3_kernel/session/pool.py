@@ -266,6 +266,8 @@ class SessionPool(LoggingConfigurable):
 
     def _options(self) -> dict[str, Any]:
         return {
+            # Only the first worker is waited for; later ones warm up more.
+            "prewarm": self._first_ready.is_set(),
             "config": self._shell_config,
             "warmup_code": self.warmup_code,
             "memory_limit": self.memory_limit or None,

@@ -76,6 +76,18 @@ def _point_faulthandler(crash_fd: int) -> None:
     faulthandler.enable = enable_on_crash_fd  # type: ignore[assignment]
 
 
+def _prewarm_tracebacks(shell: ZMQInteractiveShell) -> None:
+    """Format one traceback, unseen, so a spare's first error is not slow.
+
+    IPython imports its traceback machinery on first use (half a second);
+    spares pay that while warming instead of in the user's next cell.
+    """
+    try:
+        raise RuntimeError("prewarm")
+    except RuntimeError:
+        shell.InteractiveTB.structured_traceback(*sys.exc_info())
+
+
 def run(options: dict[str, Any]) -> None:
     """Run a worker until the kernel says stop (or dies)."""
     crash_fd, pipes = redirect_fds()
@@ -153,6 +165,8 @@ class Worker:
         warmup = self._options.get("warmup_code") or ""
         if warmup:
             shell.run_cell(warmup, store_history=False, silent=True)
+        if self._options.get("prewarm"):
+            _prewarm_tracebacks(shell)
         _apply_memory_limit(self._options.get("memory_limit"))
         self.executor.install_sigint()
         self.post_ordered(WorkerMessage(Kind.READY, {"pid": os.getpid()}))
