@@ -52,7 +52,7 @@ class PyRepl3KernelApp(IPKernelApp):
         # the parent on the loop in `start` instead (an event, not a check).
         self.poller = None
 
-    def load_config_file(self, suppress_errors: Any = None) -> None:  # type: ignore[override]
+    def load_config_file(self, suppress_errors: Any = None) -> None:
         super().load_config_file(suppress_errors)
         try:
             Application.load_config_file(

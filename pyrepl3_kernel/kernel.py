@@ -107,7 +107,7 @@ class PyRepl3Kernel(Kernel):
 
     # -- execution count mirrors the worker's In[n] -----------------------------
 
-    @property  # type: ignore[override]
+    @property
     def execution_count(self) -> int:
         return self._next_count
 
@@ -120,7 +120,7 @@ class PyRepl3Kernel(Kernel):
 
     def start(self) -> None:
         super().start()
-        loop = self.io_loop.asyncio_loop  # type: ignore[attr-defined]
+        loop = self.io_loop.asyncio_loop
         self._main_loop = loop
         loop.add_signal_handler(signal.SIGINT, self._on_sigint)
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
@@ -286,7 +286,7 @@ class PyRepl3Kernel(Kernel):
 
     # -- execute ---------------------------------------------------------------
 
-    async def do_execute(  # type: ignore[override]
+    async def do_execute(
         self,
         code: str,
         silent: bool,
@@ -343,9 +343,7 @@ class PyRepl3Kernel(Kernel):
             "cell_id": cell_id,
         }
         try:
-            outcome = await self.pool.execute(
-                content, header, count, on_start
-            )
+            outcome = await self.pool.execute(content, header, count, on_start)
         except WorkerStartError as exc:
             outcome = ExecuteOutcome(_start_failure(exc, count), made_here=True)
         finally:
@@ -391,7 +389,7 @@ class PyRepl3Kernel(Kernel):
                 traceback=[],
             )
 
-    async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:  # type: ignore[override]
+    async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:
         cursor = len(code) if cursor_pos is None else cursor_pos
         return await self._ask(
             Kind.COMPLETE,
@@ -404,7 +402,7 @@ class PyRepl3Kernel(Kernel):
             },
         )
 
-    async def do_inspect(  # type: ignore[override]
+    async def do_inspect(
         self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()
     ) -> dict[str, Any]:
         return await self._ask(
@@ -418,11 +416,11 @@ class PyRepl3Kernel(Kernel):
             {"found": False, "data": {}, "metadata": {}},
         )
 
-    async def do_is_complete(self, code: str) -> dict[str, Any]:  # type: ignore[override]
+    async def do_is_complete(self, code: str) -> dict[str, Any]:
         reply = await self._ask(Kind.IS_COMPLETE, {"code": code}, {})
         return reply if reply.get("status") != "error" else {"status": "unknown"}
 
-    async def do_history(  # type: ignore[override]
+    async def do_history(
         self,
         hist_access_type: str,
         output: bool,
@@ -447,7 +445,7 @@ class PyRepl3Kernel(Kernel):
         }
         return await self._ask(Kind.HISTORY, content, {"history": []})
 
-    async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
+    async def do_shutdown(self, restart: bool) -> dict[str, Any]:
         await self._on_main(self.pool.close())
         return {"status": "ok", "restart": restart}
 

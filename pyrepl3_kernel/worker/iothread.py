@@ -98,7 +98,11 @@ class IOThread(threading.Thread):
         socket.connect(self._endpoint)
         channel = WorkerChannel(socket, self._key)
         self._sendq = asyncio.Queue()
-        self._outbox.attach(self._ship, lambda: loop.call_soon_threadsafe(self._drain))
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(self._drain)
+
+        self._outbox.attach(self._ship, wake)
         for name, fd in self._pipes.items():
             os.set_blocking(fd, False)
             loop.add_reader(fd, self._read_pipe, name, fd)

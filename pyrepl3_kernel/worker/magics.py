@@ -19,14 +19,14 @@ USAGE = """Usage:
 
 
 @magics_class
-class PyRepl3Magics(Magics):  # type: ignore[misc]
+class PyRepl3Magics(Magics):
     """Line magics that send a `kernel_action` to the kernel."""
 
     def __init__(self, shell: object, post: Callable[[WorkerMessage], None]) -> None:
         super().__init__(shell)
         self._post = post
 
-    @line_magic
+    @line_magic  # type: ignore[untyped-decorator]  # IPython's decorator is untyped
     def pyrepl3(self, line: str) -> None:
         action = line.strip()
         if action not in ("restart", "stats"):

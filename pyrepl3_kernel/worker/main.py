@@ -36,7 +36,7 @@ logger = logging.getLogger("pyrepl3_kernel.worker")
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
-class WorkerShellApp(BaseIPythonApplication, InteractiveShellApp):  # type: ignore[misc]
+class WorkerShellApp(BaseIPythonApplication, InteractiveShellApp):
     """Builds the shell from the IPython profile, as ipykernel's app would.
 
     It reads the same files (``ipython_config.py``, ``ipython_kernel_config.py``),
@@ -73,7 +73,7 @@ def _point_faulthandler(crash_fd: int) -> None:
     def enable_on_crash_fd(file: Any = crash_file, all_threads: bool = True) -> None:
         enable(file=crash_file, all_threads=all_threads)
 
-    faulthandler.enable = enable_on_crash_fd  # type: ignore[assignment]
+    faulthandler.enable = enable_on_crash_fd
 
 
 def _prewarm_tracebacks(shell: ZMQInteractiveShell) -> None:

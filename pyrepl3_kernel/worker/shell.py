@@ -46,7 +46,7 @@ class WorkerSession(JupyterSession):
         self._outbox = outbox
         self._barrier = barrier
 
-    def send(  # type: ignore[override]
+    def send(
         self,
         stream: Any,
         msg_or_type: dict[str, Any] | str,
