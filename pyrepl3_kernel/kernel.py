@@ -11,6 +11,7 @@ answers from the control thread.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import threading
@@ -144,9 +145,12 @@ class PyRepl3Kernel(Kernel):
         self.pool.interrupt()
 
     def _on_sigterm(self) -> None:
+        # Workers and the private directory go first; then die by SIGTERM as
+        # asked, without the orderly close that could wait on a busy socket.
         self.log.warning("SIGTERM received; stopping workers and exiting")
         self.pool.kill_all_now()
-        self.io_loop.stop()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     # -- kernel_info and unsupported requests ---------------------------------
 

@@ -26,9 +26,9 @@ class TokenBucket:
         clock: Callable[[], float],
         burst_s: float = 1.0,
     ) -> None:
-        if msgs_per_s <= 0 or bytes_per_s <= 0:
+        if not (msgs_per_s > 0 and bytes_per_s > 0):  # also refuses NaN
             raise ValueError("msgs_per_s and bytes_per_s must be positive")
-        if burst_s <= 0:
+        if not burst_s > 0:
             raise ValueError("burst_s must be positive (seconds of rate kept as burst)")
         self.msgs_per_s = msgs_per_s
         self.bytes_per_s = bytes_per_s
@@ -53,7 +53,8 @@ class TokenBucket:
     def delay_for(self, nbytes: int) -> float:
         """Seconds until one message of `nbytes` may go; 0.0 means now."""
         self._refill()
-        need_msgs = max(0.0, 1.0 - self._msgs) / self.msgs_per_s
+        # Below one message per burst, a full bucket still lets one through.
+        need_msgs = max(0.0, min(1.0, self._msg_cap) - self._msgs) / self.msgs_per_s
         # Overdraw allowed from a full bucket, so huge messages still pass.
         byte_target = min(float(nbytes), self._byte_cap)
         need_bytes = max(0.0, byte_target - self._bytes) / self.bytes_per_s

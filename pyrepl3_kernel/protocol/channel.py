@@ -133,7 +133,9 @@ class WorkerChannel:
             raise ProtocolError(f"dropped worker message: {text}") from exc
         except Exception as exc:  # malformed frames can fail in many ways
             raise ProtocolError(f"dropped undecodable worker message: {exc!r}") from exc
-        kind = _KINDS.get(msg["header"].get("msg_type", ""))
+        header = msg.get("header")
+        msg_type = header.get("msg_type") if isinstance(header, dict) else None
+        kind = _KINDS.get(msg_type) if isinstance(msg_type, str) else None
         content = msg.get("content")
         metadata = msg.get("metadata")
         if (
@@ -142,7 +144,7 @@ class WorkerChannel:
             or not isinstance(metadata, dict)
         ):
             raise ProtocolError(
-                f"dropped worker message of unknown shape: {msg['header'].get('msg_type')!r}"
+                f"dropped worker message of unknown shape: {msg_type!r}"
             )
         parent = msg.get("parent_header")
         req = metadata.pop("req", "")

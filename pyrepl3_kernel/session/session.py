@@ -116,8 +116,9 @@ class Session:
     ) -> None:
         self.process = launched.process
         self.pid = launched.process.pid
-        self._sync_socket = launched.socket
-        self._socket = zmq.asyncio.Socket.shadow(launched.socket.underlying)
+        # The asyncio socket shadows (and keeps alive) the one bound at launch;
+        # only the shadow is ever closed, so the libzmq socket closes once.
+        self._socket = zmq.asyncio.Socket.shadow(launched.socket)
         self._socket_path = launched.socket_path
         self._channel = WorkerChannel(self._socket, launched.key)
         self.grace = grace
@@ -225,7 +226,6 @@ class Session:
 
     def _close_socket(self) -> None:
         self._socket.close(linger=0)
-        self._sync_socket.close(linger=0)
         if self._socket_path is not None:
             try:
                 os.unlink(self._socket_path)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__ = ["Cancelled", "WaitMetrics", "wait_message"]
 
@@ -60,11 +60,12 @@ async def wait_message(
     if not queue.empty():
         return queue.get_nowait()
     getter = asyncio.ensure_future(queue.get())
-    waiters: set[asyncio.Future[object]] = {getter}  # type: ignore[arg-type]
+    waiters: set[asyncio.Future[Any]] = {getter}
     canceller = None
     if cancel is not None:
         canceller = asyncio.ensure_future(cancel.wait())
-        waiters.add(canceller)  # type: ignore[arg-type]
+        waiters.add(canceller)
+    done: set[asyncio.Future[Any]] = set()
     try:
         timeout = None
         if deadline is not None:
@@ -73,33 +74,30 @@ async def wait_message(
             waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
     finally:
-        await _reap(getter, queue)
-        if canceller is not None:
-            canceller.cancel()
-            await asyncio.gather(canceller, return_exceptions=True)
-    if canceller is not None and canceller in done:
-        if getter in done:
-            # Both in one turn: the cancel wins, the message waits its turn.
+        # Decide before any further await: once cancelled, a getter that has
+        # not finished can no longer take an item (asyncio.Queue.get leaves it
+        # queued), so only an item already taken needs to go back.
+        returning = getter in done and not (canceller is not None and canceller in done)
+        for task in waiters:
+            task.cancel()
+        if not returning and _took_item(getter):
             _put_front(queue, getter.result())
+        try:
+            await asyncio.gather(*waiters, return_exceptions=True)
+        except asyncio.CancelledError:
+            if returning:  # our caller will never see the item: keep it queued
+                _put_front(queue, getter.result())
+            raise
+    if canceller is not None and canceller in done:
         _count_cancel(metrics)
         raise Cancelled
-    if getter in done:
+    if returning:
         return getter.result()
     raise TimeoutError
 
 
-async def _reap(getter: asyncio.Future[T], queue: asyncio.Queue[T]) -> None:
-    """Cancel `getter` if pending; an item it took while losing goes back first."""
-    if getter.done():
-        return
-    getter.cancel()
-    try:
-        item = await getter
-    except asyncio.CancelledError:
-        return
-    # The getter won the race against our cancel: keep the item at the head.
-    _put_front(queue, item)
-    return
+def _took_item(getter: asyncio.Future[Any]) -> bool:
+    return getter.done() and not getter.cancelled() and getter.exception() is None
 
 
 def _put_front(queue: asyncio.Queue[T], item: T) -> None:

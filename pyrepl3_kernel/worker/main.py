@@ -8,6 +8,7 @@ import os
 import queue
 import resource
 import sys
+import threading
 import traceback
 from typing import Any
 
@@ -167,6 +168,14 @@ class Worker:
             shell.run_cell(warmup, store_history=False, silent=True)
         if self._options.get("prewarm"):
             _prewarm_tracebacks(shell)
+        else:
+            # The first worker is awaited by the user: warm up behind their back.
+            threading.Thread(
+                target=_prewarm_tracebacks,
+                args=(shell,),
+                name="pyrepl3-prewarm",
+                daemon=True,
+            ).start()
         _apply_memory_limit(self._options.get("memory_limit"))
         self.executor.install_sigint()
         self.post_ordered(WorkerMessage(Kind.READY, {"pid": os.getpid()}))

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol.channel import encodable
 from ..protocol.messages import Kind, WorkerMessage
 
 __all__ = ["Outbox"]
@@ -102,7 +103,7 @@ class Outbox:
         if not text:
             return
         if self._forked:
-            os.write(STREAM_FDS[name], text.encode("utf-8", "surrogateescape"))
+            os.write(STREAM_FDS[name], encodable(text).encode("utf-8"))
             return
         size = len(text)
         with self._lock:
