@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from typing import Any
 
 from ipykernel.kernelapp import IPKernelApp
@@ -26,6 +27,7 @@ from .kernel import PyRepl3Kernel
 __all__ = ["PyRepl3KernelApp", "launch_new_instance"]
 
 CONFIG_BASENAME = "pyrepl3_kernel_config"  # .py or .json, in any Jupyter config dir
+CLOSE_DEADLINE_S = 5.0  # s: longest wait for ipykernel's socket and thread teardown
 
 
 class PyRepl3KernelApp(IPKernelApp):
@@ -81,6 +83,26 @@ class PyRepl3KernelApp(IPKernelApp):
             return
         loop = ioloop.IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
         loop.add_reader(pidfd, self._exit_with_parent)
+
+    def close(self) -> None:
+        """Tear down ipykernel's sockets and threads, but never hang doing it.
+
+        ipykernel stops its IOPub thread before its control thread; a control
+        handler still publishing at that moment blocks forever and the
+        process with it. The kernel's own work (workers, private directory)
+        is already finished here, so a teardown that overruns is abandoned.
+        """
+        kernel = self.kernel
+        if kernel is not None:
+            kernel.pool.kill_all_now()
+        closer = threading.Thread(
+            target=super().close, name="pyrepl3-close", daemon=True
+        )
+        closer.start()
+        closer.join(CLOSE_DEADLINE_S)
+        if closer.is_alive():
+            self.log.warning("ipykernel teardown did not finish; exiting anyway")
+            os._exit(0)
 
     def _exit_with_parent(self) -> None:
         self.log.warning("parent process exited; stopping workers and exiting")
