@@ -14,7 +14,10 @@ import os
 import shutil
 import tempfile
 
+from typing import Any
+
 import zmq
+import zmq.asyncio
 
 __all__ = ["PrivateDir", "bind_worker_socket"]
 
@@ -42,10 +45,15 @@ class PrivateDir:
 
 
 def bind_worker_socket(
-    context: zmq.Context[zmq.Socket[bytes]], private: PrivateDir
-) -> tuple[zmq.Socket[bytes], str, str | None]:
-    """Bind a DEALER for one worker; returns (socket, endpoint, socket path or None)."""
-    socket = context.socket(zmq.DEALER)
+    context: zmq.Context[Any], private: PrivateDir
+) -> tuple[zmq.asyncio.Socket, str, str | None]:
+    """Bind a DEALER for one worker; returns (socket, endpoint, socket path or None).
+
+    The socket is an asyncio socket from the start (it binds to a loop only
+    when first awaited, so this works before any loop runs), and it is the
+    only Python object owning the libzmq socket: closing it closes it once.
+    """
+    socket = zmq.asyncio.Socket(context, zmq.DEALER)
     socket.linger = 0
     socket.sndhwm = 0  # output credit bounds memory, not the high-water mark
     socket.rcvhwm = 0

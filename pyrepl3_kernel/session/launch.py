@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
+import zmq.asyncio
 
 from .endpoint import PrivateDir, bind_worker_socket
 from .process import WorkerProcess, spawn
@@ -25,7 +26,7 @@ class LaunchedWorker:
     """A started worker and the bound socket that only it may talk to."""
 
     process: WorkerProcess
-    socket: zmq.Socket[bytes]
+    socket: zmq.asyncio.Socket
     key: bytes
     endpoint: str
     socket_path: str | None

@@ -28,7 +28,10 @@ __all__ = ["WorkerProcess", "describe_exit", "spawn"]
 
 logger = logging.getLogger(__name__)
 
-CRASH_TAIL_LINES = 40  # lines of the crash stream kept for the error message
+CRASH_TAIL_LINES = (
+    200  # lines of the crash stream kept: a faulthandler dump of all threads
+)
+MAX_SHOWN_LINES = 40  # lines shown to the user when there is no fatal-error marker
 CRASH_READ_SIZE = 65536  # bytes per read of the crash pipes
 
 # Variables the worker must not see: they point at the kernel's own channels.
@@ -185,8 +188,16 @@ class WorkerProcess:
             self.exited.set()
 
     def crash_text(self) -> str:
-        """The last lines the worker wrote to its crash stream."""
-        return "\n".join(line for line in self._tail if line.strip())
+        """The last lines the worker wrote to its crash stream.
+
+        From the last "Fatal Python error" on, if faulthandler wrote one: that
+        line names the fault and is followed by the stacks of the crash.
+        """
+        lines = [line for line in self._tail if line.strip()]
+        for index in range(len(lines) - 1, -1, -1):
+            if lines[index].startswith("Fatal Python error"):
+                return "\n".join(lines[index:])
+        return "\n".join(lines[-MAX_SHOWN_LINES:])
 
     def is_oom_kill(self) -> bool:
         """Whether the cgroup's OOM killer struck since this worker started."""

@@ -116,9 +116,7 @@ class Session:
     ) -> None:
         self.process = launched.process
         self.pid = launched.process.pid
-        # The asyncio socket shadows (and keeps alive) the one bound at launch;
-        # only the shadow is ever closed, so the libzmq socket closes once.
-        self._socket = zmq.asyncio.Socket.shadow(launched.socket)
+        self._socket = launched.socket
         self._socket_path = launched.socket_path
         self._channel = WorkerChannel(self._socket, launched.key)
         self.grace = grace
