@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from ipykernel._version import kernel_protocol_version
 from ipykernel.kernelbase import Kernel
+from tornado import ioloop
 from traitlets import Any as AnyTrait
 
 from ._version import __version__
@@ -85,6 +86,7 @@ class PyRepl3Kernel(Kernel):
         self._next_count = 1  # In[n] of the next non-silent cell
         self._counting = False  # a cell that takes a number is running
         self._main_loop: asyncio.AbstractEventLoop | None = None
+        self._started = asyncio.Event()  # the pool and output stage exist
         self._main_thread = threading.current_thread()
         self._comms: dict[str, str] = {}  # comm_id -> target_name, both directions
         self._usage = UsageReader()
@@ -120,9 +122,11 @@ class PyRepl3Kernel(Kernel):
     # -- start-up, signals --------------------------------------------------
 
     def start(self) -> None:
-        super().start()
-        loop = self.io_loop.asyncio_loop
+        # Known before the base starts the control thread, whose handlers
+        # hand their work to this loop.
+        loop = ioloop.IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
         self._main_loop = loop
+        super().start()
         loop.add_signal_handler(signal.SIGINT, self._on_sigint)
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
         self.io_loop.add_callback(self._start_on_loop)
@@ -130,6 +134,7 @@ class PyRepl3Kernel(Kernel):
     async def _start_on_loop(self) -> None:
         self.stage = OutputStage(self._publish_output, parent=self)
         self.pool.start()
+        self._started.set()
         self.stdin = StdinRouter(self.session, self.stdin_socket)
         asyncio.ensure_future(self.stdin.run())
 
@@ -166,6 +171,19 @@ class PyRepl3Kernel(Kernel):
             # No subshells and no debugger here (yet): say so explicitly.
             "supported_features": [],
         }
+
+    async def kernel_info_request(
+        self, stream: Any, ident: Any, parent: dict[str, Any]
+    ) -> None:
+        # Clients take this reply to mean "ready to run code" (that is what it
+        # means for an in-process kernel), so the first one waits for the
+        # first worker; every later one is answered at once.
+        await self._on_main(self._first_worker())
+        await super().kernel_info_request(stream, ident, parent)
+
+    async def _first_worker(self) -> None:
+        await self._started.wait()
+        await self.pool.first_attempt_done.wait()
 
     async def _refuse(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
         msg_type = parent["header"]["msg_type"]

@@ -106,6 +106,8 @@ class SessionPool(LoggingConfigurable):
         self._spare_sessions: collections.deque[Session] = collections.deque()
         self._want_spare = asyncio.Event()
         self._first_ready = asyncio.Event()
+        # set once the first worker is up, or could not be started
+        self.first_attempt_done = asyncio.Event()
         self._notices: list[str] = []
         self._closing = False
         self._warm_task: asyncio.Task[None] | None = None
@@ -130,6 +132,7 @@ class SessionPool(LoggingConfigurable):
         else:
             self._private = PrivateDir()
         self._activating = asyncio.ensure_future(self._activate(launched))
+        self._activating.add_done_callback(lambda _: self.first_attempt_done.set())
         self._warm_task = asyncio.ensure_future(self._keep_warm())
 
     async def close(self) -> None:
