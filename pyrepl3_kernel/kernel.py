@@ -373,6 +373,10 @@ class PyRepl3Kernel(Kernel):
             self._counting = False
         reply = outcome.reply
         if outcome.made_here:
+            # A worker killed under this cell tells why on stderr, here.
+            notice = self.pool.take_notice()
+            if notice:
+                stage.write("stderr", notice, header)
             stage.hurry()
             stage.post(
                 Kind.ERROR,
@@ -577,6 +581,15 @@ class PyRepl3Kernel(Kernel):
     def _forward_input(
         self, session: Session, execution: Any, message: WorkerMessage
     ) -> None:
+        asyncio.ensure_future(self._prompt_after_output(session, execution, message))
+
+    async def _prompt_after_output(
+        self, session: Session, execution: Any, message: WorkerMessage
+    ) -> None:
+        # What the cell printed before asking must be on screen before the
+        # prompt: the output stage may still be holding it.
+        assert self.stage is not None
+        await self.stage.drain()
         self._stdin_router().forward(session, execution.req, execution.parent, message)
 
     # -- magics that talk to the kernel ------------------------------------------------

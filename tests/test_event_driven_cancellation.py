@@ -406,11 +406,11 @@ async def _session(
     """A READY Session over inproc sockets; killed and fully reaped on exit."""
     key = b"test-key"
     endpoint = f"inproc://session-{next(_endpoints)}"
-    context = zmq.Context()
+    context = zmq.asyncio.Context()
     kernel_socket = context.socket(zmq.DEALER)
     kernel_socket.linger = 0
     kernel_socket.bind(endpoint)
-    worker_socket = zmq.asyncio.Context.shadow(context.underlying).socket(zmq.DEALER)
+    worker_socket = context.socket(zmq.DEALER)
     worker_socket.linger = 0
     worker_socket.connect(endpoint)
     process = FakeProcess(delivers_signals=delivers_signals)

@@ -26,8 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import zmq
-import zmq.asyncio
 
 from ..errors import (
     ProtocolError,
@@ -209,13 +207,13 @@ class Session:
                 f"[pyrepl3] The worker {death.description} while no cell was running;"
                 " its variables were lost. This cell runs in a fresh worker.\n"
             )
+        if running is not None and running.escalated:
+            return (
+                "[pyrepl3] The interrupted worker did not stop within"
+                f" SessionPool.interrupt_grace={self.grace:g} s, so it was killed and"
+                " replaced; its variables were lost.\n"
+            )
         if running is not None and running.answered.done():
-            if running.escalated:
-                return (
-                    "[pyrepl3] The interrupted worker did not stop within"
-                    f" SessionPool.interrupt_grace={self.grace:g} s, so it was killed and"
-                    " replaced; its variables were lost.\n"
-                )
             return (
                 f"[pyrepl3] The worker {death.description} after its cell was"
                 " interrupted; its variables were lost.\n"

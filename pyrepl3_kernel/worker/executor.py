@@ -22,6 +22,7 @@ from IPython.core.completer import provisionalcompleter, rectify_completions
 from IPython.utils.tokenutil import token_at_cursor
 
 from ..protocol.messages import Kind, WorkerMessage
+from .gate import gate
 from .inputs import InputBroker
 from .iothread import IOThread
 from .outbox import Outbox
@@ -88,6 +89,8 @@ class Executor:
             logger.debug("worker dropped a SIGINT outside user code")
             return
         self._io.send_urgent(WorkerMessage(Kind.INTERRUPT_ACK, {}, req=req))
+        if gate.defer():
+            return  # raised as soon as our own bookkeeping is done
         raise KeyboardInterrupt
 
     def serve(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from IPython.core.error import StdinNotImplementedError
 
 from ..protocol.messages import Kind, WorkerMessage
+from .gate import gate, new_signal, wait_for
 
 __all__ = ["InputBroker", "PromptStdin"]
 
@@ -27,7 +28,7 @@ EOT = "\x04"  # what a frontend sends for Ctrl-D: end of input
 
 @dataclass(slots=True)
 class _Wait:
-    done: threading.Event = field(default_factory=threading.Event)
+    done: threading.Lock = field(default_factory=new_signal)  # released on answer
     value: str | None = None
 
 
@@ -67,7 +68,7 @@ class InputBroker:
             )
         input_id = uuid.uuid4().hex
         wait = _Wait()
-        with self._lock:
+        with gate, self._lock:
             self._waits[input_id] = wait
         try:
             self._post(
@@ -79,14 +80,14 @@ class InputBroker:
                     extra={"input_id": input_id},
                 )
             )
-            wait.done.wait()
+            wait_for(wait.done)
         except KeyboardInterrupt:
             self._send_urgent(
                 WorkerMessage(Kind.INPUT_CANCEL, {"input_id": input_id}, req=req)
             )
             raise KeyboardInterrupt("Interrupted by user") from None
         finally:
-            with self._lock:
+            with gate, self._lock:
                 self._waits.pop(input_id, None)
         if wait.value is None or wait.value == EOT:
             raise EOFError("input was cancelled")
@@ -94,18 +95,19 @@ class InputBroker:
 
     def resolve(self, input_id: str, value: str | None) -> None:
         """Hand a reply to its waiter (I/O thread); unknown ids are stale."""
-        with self._lock:
-            wait = self._waits.get(input_id)
+        with gate, self._lock:
+            wait = self._waits.pop(input_id, None)
         if wait is not None:
             wait.value = value
-            wait.done.set()
+            wait.done.release()
 
     def fail_all(self) -> None:
         """End every open wait with `EOFError` (the cell that asked is over)."""
-        with self._lock:
+        with gate, self._lock:
             waits = list(self._waits.values())
+            self._waits.clear()
         for wait in waits:
-            wait.done.set()
+            wait.done.release()
 
 
 class PromptStdin(io.TextIOBase):

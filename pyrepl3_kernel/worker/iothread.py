@@ -25,6 +25,7 @@ import zmq.asyncio
 from ..errors import ProtocolError
 from ..protocol.channel import WorkerChannel
 from ..protocol.messages import Kind, WorkerMessage
+from .gate import new_signal, wait_for
 from .outbox import Outbox
 
 __all__ = ["IOThread"]
@@ -199,15 +200,15 @@ class IOThread(threading.Thread):
         loop = self._loop
         if loop is None or threading.current_thread() is self:
             return
-        done = threading.Event()
+        done = new_signal()
         loop.call_soon_threadsafe(self._barrier_in_loop, done)
-        done.wait()
+        wait_for(done)
 
-    def _barrier_in_loop(self, done: threading.Event) -> None:
+    def _barrier_in_loop(self, done: threading.Lock) -> None:
         try:
             for name, fd in self._pipes.items():
                 while self._read_pipe_once(name, fd):
                     pass
             self._outbox.drain()
         finally:
-            done.set()
+            done.release()

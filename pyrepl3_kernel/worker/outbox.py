@@ -29,6 +29,7 @@ from typing import Any
 
 from ..protocol.channel import encodable
 from ..protocol.messages import Kind, WorkerMessage
+from .gate import gate, new_signal, wait_for
 
 __all__ = ["Outbox"]
 
@@ -63,7 +64,7 @@ class Outbox:
         self._forked = False
         self._dirty = False  # text written since the last confirmed flush
         self._flush_ids = itertools.count(1)
-        self._flushes: dict[int, threading.Event] = {}
+        self._flushes: dict[int, threading.Lock] = {}
         os.register_at_fork(after_in_child=self._after_fork)
 
     def attach(
@@ -106,7 +107,7 @@ class Outbox:
             os.write(STREAM_FDS[name], encodable(text).encode("utf-8"))
             return
         size = len(text)
-        with self._lock:
+        with gate, self._lock:
             if wait:
                 self._wait_for_credit(size)
             last = self._pending[-1] if self._pending else None
@@ -123,7 +124,7 @@ class Outbox:
         """Queue a non-stream message behind everything written before it."""
         if self._forked:
             return  # a forked child has no channel; its displays are lost
-        with self._lock:
+        with gate, self._lock:
             if wait:
                 self._wait_for_credit(0)
             self._pending.append(message)
@@ -136,7 +137,8 @@ class Outbox:
         ):
             if self._pending:
                 self._schedule_wake()  # what we wait behind must get moving
-            self._lock.wait()
+            with gate.opened():  # a writer waiting for credit is interruptible
+                self._lock.wait()
 
     def flush(self) -> None:
         """Return once all text written so far has reached the kernel.
@@ -148,24 +150,24 @@ class Outbox:
         """
         if self._forked or self._wake is None:
             return
-        with self._lock:
+        with gate, self._lock:
             if not self._dirty:
                 return
             self._dirty = False
             flush_id = next(self._flush_ids)
-            received = self._flushes[flush_id] = threading.Event()
+            received = self._flushes[flush_id] = new_signal()
             self._pending.append(WorkerMessage(Kind.FLUSH, {"flush_id": flush_id}))
             self._schedule_wake()
         try:
-            received.wait()
+            wait_for(received)
         finally:
             self._flushes.pop(flush_id, None)
 
     def flushed(self, flush_id: int) -> None:
         """The kernel received everything up to `flush_id` (I/O thread)."""
-        received = self._flushes.get(flush_id)
+        received = self._flushes.pop(flush_id, None)
         if received is not None:
-            received.set()
+            received.release()
 
     def _schedule_wake(self) -> None:
         if not self._wake_scheduled and self._wake is not None:

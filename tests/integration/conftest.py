@@ -43,13 +43,18 @@ def pytest_runtest_makereport(
 def kernel_manager(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[KernelManager]:
-    """A started kernel with a private IPYTHONDIR; shut down and reaped afterwards."""
+    """A started kernel with a private IPYTHONDIR; shut down and reaped afterwards.
+
+    A test may parametrize this fixture indirectly with a list of extra kernel
+    command-line arguments, e.g. ``["--SessionPool.interrupt_grace=1"]``.
+    """
+    extra_arguments = list(getattr(request, "param", ()))
     env = dict(os.environ)
     # ipykernel stops capturing fds 1/2 when it sees this variable.
     env.pop("PYTEST_CURRENT_TEST", None)
     env["IPYTHONDIR"] = str(tmp_path / "ipython")
     manager = KernelManager(kernel_name=KERNEL_NAME)
-    manager.start_kernel(env=env)
+    manager.start_kernel(env=env, extra_arguments=extra_arguments)
     try:
         yield manager
     finally:

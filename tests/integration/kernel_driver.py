@@ -247,6 +247,8 @@ class KernelDriver:
         # (parent msg_id or None, message) for every IOPub message, any parent.
         self.all_iopub: list[tuple[str | None, IOPubMessage]] = []
         self.undecodable: list[str] = []  # reprs of messages that failed to parse
+        # (time read, whole message) for every stdin-channel message, any parent.
+        self.all_stdin: list[tuple[float, Content]] = []
         self._executions: dict[str, Execution] = {}
         self._other_replies: dict[str, Content | None] = {}  # e.g. kernel_info
         self._poller = zmq.Poller()
@@ -365,6 +367,10 @@ class KernelDriver:
         """Keep reading and filing messages for `seconds`, as a scenario asks."""
         self._pump_until(time.monotonic() + seconds, lambda: False)
 
+    def wait_until(self, is_done: Callable[[], bool], timeout: float) -> bool:
+        """Keep reading and filing messages until `is_done()`; False after `timeout`."""
+        return self._pump_until(time.monotonic() + timeout, is_done)
+
     def kernel_info(self, timeout: float = 10.0) -> Content | None:
         """Content of a kernel_info_reply, or None if none came within `timeout`."""
         msg_id = self.client.kernel_info()
@@ -461,6 +467,7 @@ class KernelDriver:
         elif channel is self.client.shell_channel:
             self._file_reply(message, at)
         else:
+            self.all_stdin.append((at, message))
             self._answer_stdin(message)
 
     def _file_iopub(self, message: Content, at: float) -> None:
