@@ -590,7 +590,26 @@ class PyRepl3Kernel(Kernel):
         # prompt: the output stage may still be holding it.
         assert self.stage is not None
         await self.stage.drain()
+        await self._iopub_sent()
         self._stdin_router().forward(session, execution.req, execution.parent, message)
+
+    async def _iopub_sent(self) -> None:
+        """Return once everything published so far has left the IOPub socket.
+
+        Publishing hands messages to ipykernel's IOPub thread; a marker
+        scheduled behind them there tells us when they are on the wire.
+        """
+        thread = self.iopub_thread
+        if thread is None:
+            return
+        loop = asyncio.get_running_loop()
+        sent: asyncio.Future[None] = loop.create_future()
+
+        def mark() -> None:
+            loop.call_soon_threadsafe(_resolve, sent)
+
+        thread.schedule(mark)
+        await sent
 
     # -- magics that talk to the kernel ------------------------------------------------
 
@@ -612,6 +631,11 @@ class PyRepl3Kernel(Kernel):
 
 async def _call(function: Callable[..., T], *args: Any) -> T:
     return function(*args)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _reason(exc: BaseException) -> str:
