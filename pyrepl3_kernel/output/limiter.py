@@ -5,8 +5,9 @@ many it holds from the monotonic clock whenever it is asked (`clock` is
 passed in, so tests drive a fake one). A caller short of tokens learns how
 long until it has enough (`delay_for`) and may arm one one-shot wake-up for
 exactly that long. A single message larger than the bucket goes out whole
-once the bucket is full and costs one full bucket, so it is never split or
-dropped here and delays what follows by at most one second's worth.
+once the bucket is full and its full size is owed: what follows waits until
+the long-run rate holds again. (The output stage splits stream text to the
+bucket's size, so only displays larger than a second's worth overdraw.)
 """
 
 from __future__ import annotations
@@ -64,6 +65,4 @@ class TokenBucket:
         """Spend tokens for one message of `nbytes` (call when `delay_for` is 0)."""
         self._refill()
         self._msgs -= 1.0
-        # A message beyond the bucket costs one full bucket, not its size:
-        # otherwise one huge print would silence the next cells for minutes.
-        self._bytes -= min(float(nbytes), self._byte_cap)
+        self._bytes -= nbytes

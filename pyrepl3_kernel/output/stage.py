@@ -201,9 +201,30 @@ class OutputStage(LoggingConfigurable):
                 if not head.done():
                     head.set_result(None)
                 continue
-            await self._wait_for_tokens(head)
-            self._fifo.popleft()
-            self._send(head)
+            piece = self._split_to_bucket(head)
+            await self._wait_for_tokens(piece)
+            if piece is head:
+                self._fifo.popleft()
+            self._send(piece)
+
+    def _split_to_bucket(self, item: _Item) -> _Item:
+        """The part of `item` to publish next: stream text at most one bucket long.
+
+        Merged text can grow far beyond what the byte rate allows in one
+        message; publishing it whole would let a burst through the limit.
+        """
+        limit = max(1, int(self.data_rate_limit))
+        if item.parts is None or item.size <= limit:
+            return item
+        text = "".join(item.parts)
+        item.parts = [text[limit:]]
+        return _Item(
+            Kind.STREAM,
+            {"name": item.content["name"]},
+            item.parent,
+            credit=item.credit,
+            parts=[text[:limit]],
+        )
 
     async def _wait_for_tokens(self, item: _Item) -> None:
         while not self._hurry.is_set():

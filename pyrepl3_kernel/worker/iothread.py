@@ -209,6 +209,11 @@ class IOThread(threading.Thread):
             for name, fd in self._pipes.items():
                 while self._read_pipe_once(name, fd):
                     pass
+                # A character cut off at a barrier is shown as broken there,
+                # not carried into whatever comes after the barrier.
+                rest = self._decoders[name].decode(b"", final=True)
+                if rest:
+                    self._outbox.write(name, rest, self._fd_parent(), wait=False)
             self._outbox.drain()
         finally:
             done.release()

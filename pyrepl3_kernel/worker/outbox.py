@@ -62,6 +62,7 @@ class Outbox:
         self._wake: Callable[[], None] | None = None
         self._wake_scheduled = False
         self._forked = False
+        self._child_lines: dict[str, str] = {}  # partial lines of a forked child
         self._dirty = False  # text written since the last confirmed flush
         self._flush_ids = itertools.count(1)
         self._flushes: dict[int, threading.Lock] = {}
@@ -81,6 +82,7 @@ class Outbox:
         self._pending = []
         self._pending_bytes = 0
         self._forked = True
+        self._child_lines = {"stdout": "", "stderr": ""}
 
     @property
     def is_forked(self) -> bool:
@@ -104,7 +106,7 @@ class Outbox:
         if not text:
             return
         if self._forked:
-            os.write(STREAM_FDS[name], encodable(text).encode("utf-8"))
+            self._write_in_child(name, text)
             return
         size = len(text)
         with gate, self._lock:
@@ -130,6 +132,14 @@ class Outbox:
             self._pending.append(message)
             self._schedule_wake()
 
+    def _write_in_child(self, name: str, text: str, whole: bool = False) -> None:
+        # Whole lines per write, so concurrent children do not tear lines.
+        buffered = self._child_lines[name] + text
+        cut = len(buffered) if whole else buffered.rfind("\n") + 1
+        self._child_lines[name] = buffered[cut:]
+        if cut:
+            os.write(STREAM_FDS[name], encodable(buffered[:cut]).encode("utf-8"))
+
     def _wait_for_credit(self, size: int) -> None:
         # A write larger than the window proceeds once nothing else is out.
         while self._in_flight + self._pending_bytes > 0 and (
@@ -148,7 +158,11 @@ class Outbox:
         the kernel's receipt; it costs nothing when no text was written since
         the last flush. Not for the I/O thread, which never waits.
         """
-        if self._forked or self._wake is None:
+        if self._forked:
+            for name in STREAM_FDS:
+                self._write_in_child(name, "", whole=True)
+            return
+        if self._wake is None:
             return
         with gate, self._lock:
             if not self._dirty:

@@ -317,6 +317,20 @@ def test_outbox_in_forked_child_writes_lone_surrogates(
 ) -> None:
     outbox = _forked_outbox(io, pipe, monkeypatch)
 
-    outbox.write("stdout", "a\ud83db", CELL, wait=True)
+    outbox.write("stdout", "a\ud83db\n", CELL, wait=True)
 
-    assert os.read(pipe[0], 1000).startswith(b"a")
+    assert os.read(pipe[0], 1000) == "a\ufffdb\n".encode()
+
+
+def test_outbox_in_forked_child_writes_whole_lines(
+    io: FakeIOThread, pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """print's text and newline leave together, so children never tear lines."""
+    outbox = _forked_outbox(io, pipe, monkeypatch)
+
+    outbox.write("stdout", "one whole line", CELL, wait=True)
+    outbox.write("stdout", "\n", CELL, wait=True)
+    outbox.write("stdout", "tail", CELL, wait=True)
+    assert os.read(pipe[0], 1000) == b"one whole line\n"
+    outbox.flush()
+    assert os.read(pipe[0], 1000) == b"tail"
