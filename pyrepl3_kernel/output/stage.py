@@ -204,6 +204,10 @@ class OutputStage(LoggingConfigurable):
             piece = self._split_to_bucket(head)
             await self._wait_for_tokens(piece)
             if piece is head:
+                # Text merged into it while it waited: split again.
+                piece = self._split_to_bucket(head)
+            self._bucket.take(piece.size)
+            if piece is head:
                 self._fifo.popleft()
             self._send(piece)
 
@@ -236,7 +240,6 @@ class OutputStage(LoggingConfigurable):
                 await asyncio.wait_for(self._hurry.wait(), delay)
             except TimeoutError:
                 pass
-        self._bucket.take(item.size)
 
     def _send(self, item: _Item) -> None:
         content = item.content

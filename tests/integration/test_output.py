@@ -167,12 +167,6 @@ def test_forked_multiprocessing_children_print_into_the_cell(
     driver.assert_next_cell_works()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: in a forked child each write() becomes its own os.write, so a"
-    " print is two writes (text, then newline) and concurrent children tear"
-    " each other's lines",
-)
 def test_print_in_a_forked_child_reaches_fd1_in_one_write(
     driver: KernelDriver,
 ) -> None:
@@ -277,11 +271,6 @@ def test_megabyte_single_lines_arrive_whole(driver: KernelDriver) -> None:
     driver.assert_next_cell_works()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an incomplete UTF-8 sequence on fd 1 at the end of a cell stays"
-    " in the pipe decoder and shows up as U+FFFD in the next cell's output",
-)
 def test_incomplete_utf8_at_cell_end_stays_in_its_cell(driver: KernelDriver) -> None:
     """A cell ending mid-character shows the replacement; the next cell is clean."""
     first = driver.execute("import os\n_ = os.write(1, b'abc\\xe2')")
@@ -642,12 +631,6 @@ def test_without_drop_mode_fast_output_is_complete(driver: KernelDriver) -> None
     assert published <= DATA_RATE_LIMIT * (cell.reply_seconds * RATE_SLACK + 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: text coalesced while it waits becomes one message larger than the"
-    " byte bucket, which the limiter lets through for one bucket's worth, so"
-    " OutputStage.data_rate_limit below the 1 MB credit window is not applied",
-)
 @pytest.mark.parametrize(
     "kernel_manager", [SLOW_RATE_MODE], indirect=True, ids=["200kBps"]
 )
