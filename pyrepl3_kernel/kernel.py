@@ -220,11 +220,11 @@ class PyRepl3Kernel(Kernel):
             return
         await super().dispatch_shell(msg, *args, **kwargs)
 
-    def _accept(self, frames: list[Any], stream: Any) -> bool:
+    def _accept(self, frames: list[Any], stream: Any, channel: str = "shell") -> bool:
         problem = check_frames(self.session, frames)
         if problem is None:
             return True
-        self.log.warning("refused shell message reason=%s", problem.reason)
+        self.log.warning("refused %s message reason=%s", channel, problem.reason)
         header = problem.header
         if (
             stream is not None
@@ -238,7 +238,7 @@ class PyRepl3Kernel(Kernel):
                 "evalue": problem.reason,
                 "traceback": [],
             }
-            self._publish_status("busy", "shell", parent=header)
+            self._publish_status("busy", channel, parent=header)
             self.session.send(
                 stream,
                 header["msg_type"].replace("_request", "_reply"),
@@ -246,7 +246,7 @@ class PyRepl3Kernel(Kernel):
                 parent=header,
                 ident=problem.idents,
             )
-            self._publish_status("idle", "shell", parent=header)
+            self._publish_status("idle", channel, parent=header)
         return False
 
     # -- control channel -----------------------------------------------------
@@ -255,9 +255,7 @@ class PyRepl3Kernel(Kernel):
         """Deserialise once; interrupts skip the control lock, the rest queue on it."""
         if not self.session:
             return
-        problem = check_frames(self.session, msg)
-        if problem is not None:
-            self.log.warning("refused control message reason=%s", problem.reason)
+        if not self._accept(msg, self.control_stream, "control"):
             return
         try:
             idents, frames = self.session.feed_identities(msg, copy=False)
@@ -449,14 +447,15 @@ class PyRepl3Kernel(Kernel):
     async def do_history(
         self,
         hist_access_type: str,
-        output: bool,
-        raw: bool,
+        output: bool = False,
+        raw: bool = True,
         session: int = 0,
         start: int = 0,
         stop: int | None = None,
         n: int | None = None,
         pattern: str | None = None,
         unique: bool = False,
+        **unknown: Any,  # the base passes the whole content; extra keys are ignored
     ) -> dict[str, Any]:
         content = {
             "hist_access_type": hist_access_type,

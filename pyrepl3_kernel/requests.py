@@ -10,6 +10,8 @@ gets an error reply, one that is not signed gets nothing.
 from __future__ import annotations
 
 import hmac
+import json
+from datetime import datetime
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +42,7 @@ _OPTIONAL: dict[str, dict[str, tuple[type, ...]]] = {
         "allow_stdin": (bool,),
         "stop_on_error": (bool,),
     },
-    "inspect_request": {"detail_level": (int,)},
+    "inspect_request": {"detail_level": (int,), "omit_sections": (list,)},
     "history_request": {
         "output": (bool,),
         "raw": (bool,),
@@ -88,31 +90,76 @@ def check_frames(session: JupyterSession, frames: list[Any]) -> Problem | None:
         if not hmac.compare_digest(signature, session.sign(parts[1:5])):
             return Problem("bad signature")
     try:
-        header = session.unpack(parts[1])
-        content = session.unpack(parts[4])
-    except Exception as exc:  # any decoding failure means "not JSON we can read"
-        return Problem(f"undecodable JSON ({type(exc).__name__})")
+        header = _strict_json(parts[1])
+    except (ValueError, RecursionError) as exc:
+        return Problem(f"header is not strict UTF-8 JSON: {_short(exc)}")
     if not isinstance(header, dict):
         return Problem(f"header is {type(header).__name__}, not an object")
-    msg_type = header.get("msg_type")
-    if not isinstance(msg_type, str) or not isinstance(header.get("msg_id"), str):
-        return Problem("header lacks a string msg_type or msg_id")
+    reason = _check_header(header)
+    if reason:
+        return Problem(reason)
+    msg_type = header["msg_type"]
     routing = [_as_bytes(i) for i in idents]
-    if not isinstance(content, dict):
+    if header.get("subshell_id") is not None:
+        return Problem("subshells are not supported by this kernel", header, routing)
+    try:
+        parent, metadata, content = (_strict_json(part) for part in parts[2:5])
+    except (ValueError, RecursionError) as exc:
         return Problem(
-            f"{msg_type} content is {type(content).__name__}, not an object",
-            header,
-            routing,
+            f"{msg_type} is not strict UTF-8 JSON: {_short(exc)}", header, routing
         )
+    for name, value in (
+        ("parent header", parent),
+        ("metadata", metadata),
+        ("content", content),
+    ):
+        if not isinstance(value, dict):
+            return Problem(
+                f"{msg_type} {name} is {type(value).__name__}, not an object",
+                header,
+                routing,
+            )
     reason = _check_content(msg_type, content)
     return Problem(reason, header, routing) if reason else None
+
+
+def _strict_json(data: bytes) -> Any:
+    """Parse JSON that is valid UTF-8, has no NaN/Infinity and no lone surrogates."""
+    text = data.decode("utf-8")  # strict: a replacement character hides garbage
+    value = json.loads(text, parse_constant=_refuse_constant)
+    # JSON escapes can still spell a lone surrogate (\ud800), which no reply
+    # or IOPub message carrying it could be packed with.
+    json.dumps(value, ensure_ascii=False).encode("utf-8")
+    return value
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__
+
+
+def _check_header(header: dict[str, Any]) -> str | None:
+    for name in ("msg_id", "msg_type", "version"):
+        if not isinstance(header.get(name), str):
+            return f"header field {name!r} is missing or not a string"
+    for name in ("session", "username", "date"):
+        if name in header and not isinstance(header[name], str):
+            return f"header field {name!r} is not a string"
+    if "date" in header:
+        try:
+            datetime.fromisoformat(header["date"].replace("Z", "+00:00"))
+        except ValueError:
+            return f"header date {header['date'][:40]!r} is not an ISO 8601 time"
+    return None
 
 
 def _check_content(msg_type: str, content: dict[str, Any]) -> str | None:
     for name, types in _REQUIRED.get(msg_type, {}).items():
         if name not in content:
-            if name == "restart":
-                continue  # shutdown without `restart` means a plain shutdown
             return f"{msg_type} lacks {name!r}"
         if not _is_instance(content[name], types):
             return f"{msg_type} field {name!r} has type {type(content[name]).__name__}"

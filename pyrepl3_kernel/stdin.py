@@ -19,6 +19,7 @@ import zmq.asyncio
 from jupyter_client.session import Session as JupyterSession
 
 from .protocol.messages import Kind, WorkerMessage
+from .requests import check_frames
 from .session.session import Session
 
 __all__ = ["StdinRouter"]
@@ -87,6 +88,10 @@ class StdinRouter:
             self._route(frames)
 
     def _route(self, frames: list[Any]) -> None:
+        problem = check_frames(self._signer, frames)
+        if problem is not None:
+            logger.warning("refused stdin message reason=%s", problem.reason)
+            return
         try:
             _, body = self._signer.feed_identities(frames, copy=False)
             reply = self._signer.deserialize(body, content=True, copy=False)
@@ -95,22 +100,30 @@ class StdinRouter:
                 "refused stdin message reason=%s: %s", type(exc).__name__, exc
             )
             return
+        msg_type = reply.get("header", {}).get("msg_type")
+        content = reply.get("content")
+        if msg_type != "input_reply" or not isinstance(content, dict):
+            logger.warning(
+                "refused stdin message type=%r: not an input_reply", msg_type
+            )
+            return
+        value = content.get("value")
+        if not isinstance(value, str):
+            logger.warning("refused input_reply: value is %s", type(value).__name__)
+            return
         parent = reply.get("parent_header")
         parent_id = parent.get("msg_id", "") if isinstance(parent, dict) else ""
+        if not isinstance(parent_id, str):
+            logger.warning("refused input_reply: parent msg_id is not a string")
+            return
         if not parent_id and self._prompts:
             # Some clients (jupyter_client's `input`) send no parent: the
             # reply answers the oldest open prompt, as a terminal would.
             parent_id = next(iter(self._prompts))
         prompt = self._prompts.pop(parent_id, None)
-        content = reply.get("content")
-        if prompt is None or not isinstance(content, dict):
+        if prompt is None:
             logger.debug("dropped stale input_reply parent=%s", parent_id)
             return
-        value = content.get("value")
         prompt.session.post_nowait(
-            Kind.INPUT_REPLY,
-            {
-                "input_id": prompt.input_id,
-                "value": value if isinstance(value, str) else None,
-            },
+            Kind.INPUT_REPLY, {"input_id": prompt.input_id, "value": value}
         )

@@ -47,13 +47,16 @@ class PrivateDir:
 def bind_worker_socket(
     context: zmq.Context[Any], private: PrivateDir
 ) -> tuple[zmq.asyncio.Socket, str, str | None]:
-    """Bind a DEALER for one worker; returns (socket, endpoint, socket path or None).
+    """Bind a PAIR for one worker; returns (socket, endpoint, socket path or None).
+
+    A PAIR talks to exactly one peer: a second connection is refused rather
+    than given a share of the messages (a DEALER would deal them round-robin).
 
     The socket is an asyncio socket from the start (it binds to a loop only
     when first awaited, so this works before any loop runs), and it is the
     only Python object owning the libzmq socket: closing it closes it once.
     """
-    socket = zmq.asyncio.Socket(context, zmq.DEALER)
+    socket = zmq.asyncio.Socket(context, zmq.PAIR)
     socket.linger = 0
     socket.sndhwm = 0  # output credit bounds memory, not the high-water mark
     socket.rcvhwm = 0

@@ -222,11 +222,14 @@ class Session:
 
     def _close_socket(self) -> None:
         self._socket.close(linger=0)
+        self._unlink_socket_path()
+
+    def _unlink_socket_path(self) -> None:
         if self._socket_path is not None:
             try:
                 os.unlink(self._socket_path)
             except FileNotFoundError:
-                pass
+                pass  # already removed once the worker connected
 
     def kill(self) -> None:
         """Kill the worker's process group now; death follows as an event."""
@@ -280,6 +283,9 @@ class Session:
             self.post_nowait(Kind.FLUSHED, message.content)
         elif kind is Kind.READY:
             if not self._ready.done():
+                # The worker is connected: nobody else needs the path, so
+                # remove it and no one else can ever connect.
+                self._unlink_socket_path()
                 self._ready.set_result(None)
         elif kind is Kind.KERNEL_ACTION:
             if self._on_kernel_action is not None:

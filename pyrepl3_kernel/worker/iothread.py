@@ -92,7 +92,7 @@ class IOThread(threading.Thread):
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
         context = zmq.asyncio.Context()
-        socket = context.socket(zmq.DEALER)
+        socket = context.socket(zmq.PAIR)
         socket.linger = 2000  # ms: let the last replies out when we exit
         socket.sndhwm = 0  # memory is bounded by output credit, not by zmq
         socket.rcvhwm = 0

@@ -1,0 +1,201 @@
+"""A real kernel whose stderr is kept, so tests can read what it logged.
+
+The fixtures in conftest.py leave the kernel's stderr alone. Tests of hostile
+input must check that every refusal was logged with its reason and that no
+traceback was printed, and tests of process hygiene need the kernel started
+in a chosen directory with a chosen environment. `logged_kernel` does both,
+and on the way out shuts the kernel down and fails if any process of its tree
+(workers, spares, their group guards) outlived it.
+
+Polling psutil and the file system is fine here: every loop has a deadline,
+and the kernel under test is what must not poll.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "WORKER_MODULE",
+    "LoggedKernel",
+    "is_gone",
+    "logged_kernel",
+    "wait_until",
+]
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import KernelManager
+from kernel_driver import KernelDriver
+
+KERNEL_NAME = "pyrepl3"  # these tests look at pyrepl3's own workers and sockets
+WORKER_MODULE = "pyrepl3_kernel.worker"  # argv element of every worker process
+PRIVATE_DIR_MARK = "/pyrepl3-"  # the private directory's name starts so
+STARTUP_TIMEOUT = 60.0  # s: a cold start on a busy two-core machine
+EXIT_TIMEOUT = 10.0  # s: processes of a kernel may take this long after shutdown
+POLL_INTERVAL = 0.05  # s: between two looks at the process table or a directory
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `predicate` until it holds.
+
+    Raises:
+        AssertionError: it still did not hold after `timeout` seconds (`what`
+            says what was awaited).
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(POLL_INTERVAL)
+
+
+def is_gone(process: psutil.Process) -> bool:
+    """The process exited (a zombie nobody reaped yet counts as exited)."""
+    try:
+        # is_running() compares creation times, so a reused pid is not "it".
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _describe(process: psutil.Process) -> str:
+    try:
+        return f"{process.pid} {' '.join(process.cmdline())[:90]}"
+    except psutil.Error:
+        return str(process.pid)
+
+
+@dataclass
+class LoggedKernel:
+    """A started kernel, a driver on its channels, its process and its stderr."""
+
+    manager: KernelManager
+    client: BlockingKernelClient
+    driver: KernelDriver
+    process: psutil.Process
+    stderr_path: Path
+
+    def log_mark(self) -> int:
+        """A position in the kernel's stderr; `log_since` reads from there."""
+        return self.stderr_path.stat().st_size
+
+    def log_since(self, mark: int) -> str:
+        with self.stderr_path.open("rb") as stream:
+            stream.seek(mark)
+            return stream.read().decode("utf-8", "replace")
+
+    def log(self) -> str:
+        return self.log_since(0)
+
+    def tree(self) -> list[psutil.Process]:
+        """The kernel and every descendant alive now."""
+        try:
+            return [self.process, *self.process.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def workers(self) -> list[psutil.Process]:
+        """Live worker processes that are direct children of the kernel."""
+        found = []
+        for child in self.process.children():
+            with contextlib.suppress(psutil.Error):
+                if WORKER_MODULE in child.cmdline() and not is_gone(child):
+                    found.append(child)
+        return found
+
+    def socket_paths(self) -> set[str]:
+        """Paths of the Unix sockets the kernel bound for its workers."""
+        return {
+            str(conn.laddr)
+            for conn in self.process.net_connections(kind="unix")
+            if conn.laddr and PRIVATE_DIR_MARK in str(conn.laddr)
+        }
+
+    def private_dir(self) -> Path:
+        """The kernel's private directory, found through its bound sockets."""
+        dirs = {os.path.dirname(path) for path in self.socket_paths()}
+        assert len(dirs) == 1, f"expected one private directory, found {dirs}"
+        return Path(dirs.pop())
+
+
+@contextlib.contextmanager
+def logged_kernel(
+    workdir: Path,
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    extra_arguments: Sequence[str] = (),
+) -> Iterator[LoggedKernel]:
+    """Start a pyrepl3 kernel whose stderr goes to a file in `workdir`.
+
+    `env` adds variables to the test's environment; `cwd` is the kernel's
+    working directory. On exit the kernel is asked to shut down (and killed
+    if it does not) and every process of its tree seen then must exit within
+    EXIT_TIMEOUT; survivors are killed and the exit fails (unless the body
+    already failed).
+    """
+    kernel_env = dict(os.environ)
+    # ipykernel-style capture turns itself off when it sees this variable.
+    kernel_env.pop("PYTEST_CURRENT_TEST", None)
+    kernel_env["IPYTHONDIR"] = str(workdir / "ipython")
+    kernel_env.update(env or {})
+    stderr_path = workdir / "kernel-stderr.txt"
+    manager = KernelManager(kernel_name=KERNEL_NAME)
+    with stderr_path.open("wb") as stderr:
+        manager.start_kernel(
+            env=kernel_env,
+            cwd=str(cwd or workdir),
+            stderr=stderr,
+            extra_arguments=list(extra_arguments),
+        )
+    client = manager.client()
+    failed = False
+    try:
+        process = psutil.Process(manager.provisioner.pid)
+        client.start_channels()
+        client.wait_for_ready(timeout=STARTUP_TIMEOUT)
+        driver = KernelDriver(manager, client)
+        yield LoggedKernel(manager, client, driver, process, stderr_path)
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        _stop(manager, client, report=not failed)
+
+
+def _stop(manager: KernelManager, client: BlockingKernelClient, report: bool) -> None:
+    tree: list[psutil.Process] = []
+    with contextlib.suppress(psutil.Error, AttributeError, TypeError):
+        root = psutil.Process(manager.provisioner.pid)
+        tree = [root, *root.children(recursive=True)]
+    client.stop_channels()
+    try:
+        if manager.has_kernel:
+            # Even after a failure, ask first: a killed kernel cannot remove its
+            # private directory. jupyter_client kills it if it does not answer.
+            manager.shutdown_kernel(now=False)
+        else:
+            manager.cleanup_resources()
+    finally:
+        _reap(tree, report)
+
+
+def _reap(tree: list[psutil.Process], report: bool) -> None:
+    """Wait for every process of `tree` to exit; kill and report the survivors."""
+    deadline = time.monotonic() + EXIT_TIMEOUT
+    alive = [p for p in tree if not is_gone(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL)
+        alive = [p for p in alive if not is_gone(p)]
+    left = [_describe(p) for p in alive]
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()  # psutil refuses if the pid now names another process
+    if left and report:
+        raise AssertionError(f"kernel processes still ran after shutdown: {left}")
