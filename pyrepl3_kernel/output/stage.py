@@ -48,6 +48,8 @@ class _Item:
 
     @property
     def size(self) -> int:
+        # Known shortcoming (#5): stream text is measured in characters, not
+        # UTF-8 bytes, so non-ASCII floods can exceed the byte rate up to 4x.
         if self.parts is not None:
             return sum(len(p) for p in self.parts)
         return sum(len(b) for b in self.buffers) + len(str(self.content))

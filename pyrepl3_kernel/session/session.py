@@ -412,6 +412,9 @@ class Session:
                     return
                 continue
             if isinstance(item, Failure):
+                # Known shortcoming (#4): a worker killed while idle, in the
+                # instant this cell was handed to it, reports WorkerDied for a
+                # cell it never ran, instead of running it on the spare.
                 self._answer_failure(execution, item.error)
                 return
             if item.kind is Kind.REPLY:

@@ -124,7 +124,9 @@ class KernelFacade:
     """
 
     implementation = "pyrepl3"
-    # GUI event-loop integration reads and sets this; no GUI loop runs here.
+    # GUI event-loop integration reads and sets this.
+    # Known shortcoming (#6): no GUI event loop runs between cells in the
+    # worker, so %gui qt/tk windows do not stay responsive; inline plots work.
     eventloop = None
 
     def __init__(self, shell: ZMQInteractiveShell, inputs: InputBroker) -> None:
