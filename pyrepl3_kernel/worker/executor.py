@@ -146,6 +146,10 @@ class Executor:
         return reply
 
     def _run_user_code(self, req: str, code: str, **options: Any) -> Any:
+        if signal.getsignal(signal.SIGINT) != self._on_sigint:
+            # An earlier cell replaced (or ignored) SIGINT; interrupts must
+            # reach every new cell, as they do in a terminal's next command.
+            signal.signal(signal.SIGINT, self._on_sigint)
         self._user_code = req
         try:
             return self.shell.run_cell(code, **options)
