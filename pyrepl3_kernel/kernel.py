@@ -27,9 +27,11 @@ from ._version import __version__
 from .errors import PyRepl3Error, WorkerStartError
 from .output.stage import OutputStage
 from .protocol.messages import Kind, WorkerMessage
+from .comms import CommRegistry
 from .requests import check_frames
 from .stdin import StdinRouter
 from .usage import UsageReader
+from .session.config import worker_config
 from .session.pool import SessionPool
 from .session.session import ExecuteOutcome, Session
 
@@ -88,13 +90,13 @@ class PyRepl3Kernel(Kernel):
         self._main_loop: asyncio.AbstractEventLoop | None = None
         self._started = asyncio.Event()  # the pool and output stage exist
         self._main_thread = threading.current_thread()
-        self._comms: dict[str, str] = {}  # comm_id -> target_name, both directions
+        self.comms = CommRegistry()
         self._usage = UsageReader()
         self.stdin: StdinRouter | None = None
         self.stage: OutputStage | None = None
         self.pool = SessionPool(
             parent=self,
-            shell_config=_json_safe_config(self.config),
+            shell_config=worker_config(self.config),
             next_count=lambda: self._next_count + int(self._counting),
             sink_for=self._sink_for,
             session_hooks={
@@ -479,7 +481,7 @@ class PyRepl3Kernel(Kernel):
     async def _deliver_comm(self, parent: dict[str, Any]) -> None:
         msg_type = parent["header"]["msg_type"]
         content = parent["content"]
-        self._track_comm(msg_type, content)
+        self.comms.track(msg_type, content)
         metadata = (
             parent.get("metadata") if isinstance(parent.get("metadata"), dict) else {}
         )
@@ -505,25 +507,12 @@ class PyRepl3Kernel(Kernel):
     comm_msg = comm_open
     comm_close = comm_open
 
-    def _track_comm(self, msg_type: str, content: dict[str, Any]) -> None:
-        comm_id = content.get("comm_id")
-        if not isinstance(comm_id, str):
-            return
-        if msg_type == "comm_open":
-            self._comms[comm_id] = str(content.get("target_name", ""))
-        elif msg_type == "comm_close":
-            self._comms.pop(comm_id, None)
-
     async def comm_info_request(
         self, stream: Any, ident: Any, parent: dict[str, Any]
     ) -> None:
         content = parent.get("content") or {}
         target = content.get("target_name") if isinstance(content, dict) else None
-        comms = {
-            comm_id: {"target_name": name}
-            for comm_id, name in dict(self._comms).items()
-            if target is None or name == target
-        }
+        comms = self.comms.info(target if isinstance(target, str) else None)
         self.session.send(
             stream, "comm_info_reply", {"status": "ok", "comms": comms}, parent, ident
         )
@@ -541,14 +530,14 @@ class PyRepl3Kernel(Kernel):
     def _sink_for(self, session: Session) -> Callable[[WorkerMessage], None]:
         stage = self.stage
         assert stage is not None
-        self._comms.clear()  # comms of an earlier worker are gone with it
+        self.comms.clear()  # comms of an earlier worker are gone with it
 
         def credit(nbytes: int) -> None:
             session.post_nowait(Kind.CREDIT, {"nbytes": nbytes})
 
         def sink(message: WorkerMessage) -> None:
             if message.kind in (Kind.COMM_OPEN, Kind.COMM_CLOSE):
-                self._track_comm(message.kind.value, message.content)
+                self.comms.track(message.kind.value, message.content)
             stage.accept(message, credit)
 
         return sink
@@ -645,26 +634,6 @@ def _reason(exc: BaseException) -> str:
 def _connection_file(app: Any) -> str | None:
     path = getattr(app, "abs_connection_file", None)
     return str(path) if path else None
-
-
-def _json_safe_config(config: Any) -> dict[str, Any]:
-    """The kernel's configuration, minus values that cannot cross to the worker."""
-    import json
-
-    safe: dict[str, Any] = {}
-    for section, values in config.items():
-        if not isinstance(values, dict):
-            continue
-        kept = {}
-        for key, value in values.items():
-            try:
-                json.dumps(value)
-            except (TypeError, ValueError):
-                continue
-            kept[key] = value
-        if kept:
-            safe[section] = kept
-    return safe
 
 
 def _start_failure(error: WorkerStartError, count: int) -> dict[str, Any]:
