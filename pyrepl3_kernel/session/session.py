@@ -374,12 +374,22 @@ class Session:
         return await asyncio.shield(execution.answered)
 
     async def _follow(self, execution: _Execution, content: dict[str, Any]) -> None:
+        message = WorkerMessage(
+            Kind.EXECUTE, content, parent=execution.parent, req=execution.req
+        )
         try:
-            await self._channel.send(
-                WorkerMessage(
-                    Kind.EXECUTE, content, parent=execution.parent, req=execution.req
-                )
-            )
+            try:
+                await self._channel.send(message)
+            except (ProtocolError, asyncio.CancelledError):
+                # The cell never left the kernel (the worker died as we sent):
+                # the pool runs it on the next worker instead.
+                if not execution.answered.done():
+                    execution.answered.set_exception(
+                        SessionClosedError(
+                            f"worker {self.pid} died before the cell was sent"
+                        )
+                    )
+                return
             await self._follow_until_done(execution)
         except Exception as exc:  # a bug here must still answer the frontend
             logger.exception("execution follower failed pid=%s", self.pid)
@@ -387,6 +397,12 @@ class Session:
                 ExecuteOutcome(_error_content(exc, execution), made_here=True)
             )
         finally:
+            if not execution.answered.done():
+                # Cancelled (the kernel is closing): the frontend still gets a reply.
+                error = self.death or SessionClosedError("the kernel is shutting down")
+                execution.answer(
+                    ExecuteOutcome(_error_content(error, execution), made_here=True)
+                )
             self._router.close(execution.req)
             self._running = None
             if self._on_cell_end is not None:

@@ -231,11 +231,6 @@ def test_warmup_code_runs_before_first_cell_and_stays_hidden(tmp_path: Path) -> 
         assert stray == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the worker's adopt() installs a new HistoryManager, but the user"
-    " namespace's In/_ih still name the old one's list, which stays ['']",
-)
 def test_adopted_worker_keeps_in_list_in_step(kernel: KernelUnderTest) -> None:
     """`In` lists the cells of this worker, as in any IPython shell."""
     first = kernel.run("'first input'")

@@ -187,11 +187,6 @@ def test_cells_after_a_death_without_spare_keep_their_numbers(tmp_path: Path) ->
 
 
 # Not strict: the race is hit on some rounds only, so a lucky run passes.
-@pytest.mark.xfail(
-    strict=False,
-    reason="bug: an execute sent to a worker that just died can wait forever on the"
-    " DEALER send; closing the socket cancels it and the cell is never answered",
-)
 def test_cell_sent_as_idle_worker_dies_is_answered(tmp_path: Path) -> None:
     """A cell that reaches the kernel as it notices a death still gets a reply."""
     rounds = 8
