@@ -89,6 +89,7 @@ class PyRepl3Kernel(Kernel):
         self._counting = False  # a cell that takes a number is running
         self._main_loop: asyncio.AbstractEventLoop | None = None
         self._started = asyncio.Event()  # the pool and output stage exist
+        self._aborted_before_reply = False
         self._main_thread = threading.current_thread()
         self.comms = CommRegistry()
         self._usage = UsageReader()
@@ -384,6 +385,12 @@ class PyRepl3Kernel(Kernel):
                 header,
             )
         await stage.drain(header)
+        if (
+            reply.get("status") == "error"
+            and not silent
+            and parent["content"].get("stop_on_error", True)
+        ):
+            self._abort_before_reply()
         worker_count = reply.get("execution_count")
         if outcome.made_here or not isinstance(worker_count, int):
             if takes_number:
@@ -394,6 +401,23 @@ class PyRepl3Kernel(Kernel):
         if restart:
             await self.pool.restart(restart)
         return reply
+
+    def _abort_before_reply(self) -> None:
+        """Start aborting queued cells now, before the error reply leaves.
+
+        ipykernel starts aborting only after sending the reply, so a cell the
+        client sends on seeing that reply can race the abort marker and be
+        aborted too. Marking first means exactly the cells that were already
+        queued are aborted.
+        """
+        super()._abort_queues(None)
+        self._aborted_before_reply = True
+
+    def _abort_queues(self, subshell_id: str | None = None) -> None:
+        if self._aborted_before_reply:
+            self._aborted_before_reply = False  # done before the reply
+            return
+        super()._abort_queues(subshell_id)
 
     # -- requests answered by the worker's shell ----------------------------------
 
