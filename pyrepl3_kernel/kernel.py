@@ -631,7 +631,8 @@ class PyRepl3Kernel(Kernel):
         assert stage is not None
         if action == "restart":
             self.pool.pending_restart = (
-                "[pyrepl3] Restarted on request (%pyrepl3 restart): this is a fresh worker"
+                "[pyrepl3] Restarted on request (%pyrepl3 restart): this is a fresh"
+                " worker"
                 " with an empty namespace.\n"
             )
         elif action == "stats":

@@ -182,7 +182,8 @@ class OutputStage(LoggingConfigurable):
                 {
                     "name": "stderr",
                     "text": f"\n[pyrepl3] {dropped} characters of output were dropped"
-                    " to keep the frontend responsive. Set OutputStage.drop_excess=False"
+                    " to keep the frontend responsive. Set"
+                    " OutputStage.drop_excess=False"
                     " to slow the cell down instead and lose nothing.\n",
                 },
                 parent,

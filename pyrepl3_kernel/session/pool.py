@@ -54,11 +54,13 @@ class SessionPool(LoggingConfigurable):
     interrupt_grace = Float(
         3.0,
         help="Seconds after the first interrupt of a cell before a worker that never"
-        " acknowledged it (or was interrupted again) is killed and replaced. 0 disables.",
+        " acknowledged it (or was interrupted again) is killed and replaced."
+        " 0 disables.",
     ).tag(config=True)
     cell_timeout = Float(
         0.0,
-        help="Seconds a cell may run before it is interrupted as by the user (0: no limit).",
+        help="Seconds a cell may run before it is interrupted as by the user"
+        " (0: no limit).",
     ).tag(config=True)
     memory_limit = Integer(
         0,
@@ -68,7 +70,8 @@ class SessionPool(LoggingConfigurable):
     ).tag(config=True)
     start_attempts = Integer(
         3,
-        help="Failed worker starts in a row before the pool gives up until the next request.",
+        help="Failed worker starts in a row before the pool gives up until the"
+        " next request.",
     ).tag(config=True)
     metrics = Bool(
         False,

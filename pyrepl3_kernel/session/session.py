@@ -537,10 +537,11 @@ def _interrupted_content(execution: _Execution) -> dict[str, Any]:
         "ename": "KeyboardInterrupt",
         "evalue": "interrupted; the worker is still stopping",
         "traceback": [
-            "KeyboardInterrupt: the cell was interrupted. The worker has not stopped yet",
-            "(it may be inside C code that does not check for signals). Its variables are",
-            "kept if it stops by itself; if it is still busy after the grace period",
-            "(SessionPool.interrupt_grace) or on a second interrupt, it is replaced.",
+            "KeyboardInterrupt: the cell was interrupted; the worker is still stopping",
+            "(it may be inside C code that does not check for signals). Its variables",
+            "are kept if it stops by itself; if it is still busy after the grace",
+            "period (SessionPool.interrupt_grace) or on a second interrupt, it is",
+            "replaced.",
         ],
         "execution_count": execution.execution_count,
         "user_expressions": {},
@@ -565,7 +566,8 @@ def _error_content(error: BaseException, execution: _Execution) -> dict[str, Any
         else:
             ename = "WorkerDied"
             lines = [
-                f"WorkerDied: the worker process running this cell {error.description}.",
+                "WorkerDied: the worker process running this cell"
+                f" {error.description}.",
                 "All variables were lost; a fresh worker runs the next cell.",
             ]
             if error.crash_text:

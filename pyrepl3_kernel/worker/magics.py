@@ -35,6 +35,7 @@ class PyRepl3Magics(Magics):
         parent = self.shell.get_parent().get("header", {})
         if action == "restart":
             print(
-                "A fresh worker takes over when this cell ends; variables will be cleared."
+                "A fresh worker takes over when this cell ends;"
+                " variables will be cleared."
             )
         self._post(WorkerMessage(Kind.KERNEL_ACTION, {"action": action}, parent=parent))

@@ -196,4 +196,5 @@ def _propagate_parent_to_threads(shell: ZMQInteractiveShell) -> None:
         bootstrap(self)
 
     threading.Thread.start = start_with_parent  # type: ignore[method-assign]
-    threading.Thread._bootstrap_inner = bootstrap_with_parent  # type: ignore[attr-defined]
+    # A private hook, but the only place that runs in the new thread first.
+    setattr(threading.Thread, "_bootstrap_inner", bootstrap_with_parent)
