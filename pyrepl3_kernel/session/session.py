@@ -518,13 +518,6 @@ class Session:
         execution.cancel.set()
         return True
 
-    @property
-    def running_parent(self) -> dict[str, Any] | None:
-        return self._running.parent if self._running else None
-
-    def is_running(self, req: str) -> bool:
-        return self._running is not None and self._running.req == req
-
 
 def _text_size(message: WorkerMessage) -> int:
     text = message.content.get("text") if message.kind is Kind.STREAM else None
