@@ -18,22 +18,23 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+import zmq
 from ipykernel._version import kernel_protocol_version
 from ipykernel.kernelbase import Kernel
 from tornado import ioloop
 from traitlets import Any as AnyTrait
 
 from ._version import __version__
+from .comms import CommRegistry
 from .errors import PyRepl3Error, WorkerStartError
 from .output.stage import OutputStage
 from .protocol.messages import Kind, WorkerMessage
-from .comms import CommRegistry
 from .requests import check_frames
-from .stdin import StdinRouter
-from .usage import UsageReader
 from .session.config import worker_config
 from .session.pool import SessionPool
 from .session.session import ExecuteOutcome, Session
+from .stdin import StdinRouter
+from .usage import UsageReader
 
 __all__ = ["PyRepl3Kernel"]
 
@@ -287,7 +288,11 @@ class PyRepl3Kernel(Kernel):
                 await handler(self.control_stream, idents, message)
             except Exception:
                 self.log.exception("control handler failed type=%s", msg_type)
-        self._publish_status_and_flush("idle", "control", self.control_stream)
+        try:
+            self._publish_status_and_flush("idle", "control", self.control_stream)
+        except zmq.ZMQError as exc:
+            # After a shutdown_request the app may already have closed IOPub.
+            self.log.debug("no idle status for %s reason=%s", msg_type, exc)
 
     async def _on_main(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await `coro` on the main loop from whichever thread we are on."""
