@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hmac
 import json
-from datetime import datetime
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from jupyter_client.session import Session as JupyterSession

@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import tempfile
-
 from typing import Any
 
 import zmq

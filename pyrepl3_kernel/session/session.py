@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from ..errors import (
     ProtocolError,
     PyRepl3Error,
