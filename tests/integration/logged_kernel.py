@@ -24,7 +24,7 @@ __all__ = [
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,43 +32,13 @@ import psutil
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 from kernel_driver import KernelDriver
+from kernel_processes import POLL_INTERVAL, describe, is_gone, wait_until
 
 KERNEL_NAME = "pyrepl3"  # these tests look at pyrepl3's own workers and sockets
 WORKER_MODULE = "pyrepl3_kernel.worker"  # argv element of every worker process
 PRIVATE_DIR_MARK = "/pyrepl3-"  # the private directory's name starts so
 STARTUP_TIMEOUT = 60.0  # s: a cold start on a busy two-core machine
 EXIT_TIMEOUT = 10.0  # s: processes of a kernel may take this long after shutdown
-POLL_INTERVAL = 0.05  # s: between two looks at the process table or a directory
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `predicate` until it holds.
-
-    Raises:
-        AssertionError: it still did not hold after `timeout` seconds (`what`
-            says what was awaited).
-    """
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(POLL_INTERVAL)
-
-
-def is_gone(process: psutil.Process) -> bool:
-    """The process exited (a zombie nobody reaped yet counts as exited)."""
-    try:
-        # is_running() compares creation times, so a reused pid is not "it".
-        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _describe(process: psutil.Process) -> str:
-    try:
-        return f"{process.pid} {' '.join(process.cmdline())[:90]}"
-    except psutil.Error:
-        return str(process.pid)
 
 
 @dataclass
@@ -193,7 +163,7 @@ def _reap(tree: list[psutil.Process], report: bool) -> None:
     while alive and time.monotonic() < deadline:
         time.sleep(POLL_INTERVAL)
         alive = [p for p in alive if not is_gone(p)]
-    left = [_describe(p) for p in alive]
+    left = [describe(p) for p in alive]
     for process in alive:
         with contextlib.suppress(psutil.Error):
             process.kill()  # psutil refuses if the pid now names another process
