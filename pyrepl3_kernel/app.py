@@ -65,8 +65,15 @@ class PyRepl3KernelApp(IPKernelApp):
 
     def init_kernel(self) -> None:
         super().init_kernel()
-        logging.getLogger("pyrepl3_kernel").handlers = self.log.handlers
-        logging.getLogger("pyrepl3_kernel").setLevel(self.log.level)
+        # traitlets leaves the logger at DEBUG and filters in the handlers, so
+        # every debug call on the message path built a record to throw away.
+        handled = [h.level for h in self.log.handlers] or [logging.WARNING]
+        level = max(logging.DEBUG, min(handled))
+        if isinstance(self.log, logging.Logger):
+            self.log.setLevel(level)
+        package = logging.getLogger("pyrepl3_kernel")
+        package.handlers = self.log.handlers
+        package.setLevel(level)
 
     def start(self) -> None:
         parent = self.parent_handle

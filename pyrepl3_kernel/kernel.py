@@ -29,7 +29,7 @@ from .comms import CommRegistry
 from .errors import PyRepl3Error, WorkerStartError
 from .output.stage import OutputStage
 from .protocol.messages import Kind, WorkerMessage
-from .requests import check_frames
+from .requests import REPLAYED, check_frames, replayed
 from .session.config import worker_config
 from .session.pool import SessionPool
 from .session.session import ExecuteOutcome, Session
@@ -217,10 +217,11 @@ class PyRepl3Kernel(Kernel):
     async def dispatch_shell(
         self, msg: list[Any], /, *args: Any, **kwargs: Any
     ) -> None:
-        # Checked again on the main thread: a replay of a message that was
-        # still in flight during the first check is only detectable here.
+        # The shell thread checked the message whole; only a replay of one
+        # still in flight during that check is detectable just here.
         is_marker = len(msg) == 1  # ipykernel's internal "stop aborting" marker
-        if not is_marker and self.session is not None and not self._accept(msg, None):
+        if not is_marker and self.session is not None and replayed(self.session, msg):
+            self.log.warning("refused shell message reason=%s", REPLAYED)
             return
         await super().dispatch_shell(msg, *args, **kwargs)
 

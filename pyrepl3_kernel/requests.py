@@ -17,7 +17,7 @@ from typing import Any
 
 from jupyter_client.session import Session as JupyterSession
 
-__all__ = ["Problem", "check_frames"]
+__all__ = ["REPLAYED", "Problem", "check_frames", "replayed"]
 
 _NONE = type(None)
 
@@ -57,6 +57,9 @@ _OPTIONAL: dict[str, dict[str, tuple[type, ...]]] = {
 }
 
 
+REPLAYED = "replayed message (signature seen before)"
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """Why a message was refused; `header` is set when a reply may be sent."""
@@ -68,6 +71,21 @@ class Problem:
 
 def _as_bytes(frame: Any) -> bytes:
     return frame.bytes if hasattr(frame, "bytes") else bytes(frame)
+
+
+def replayed(session: JupyterSession, frames: list[Any]) -> bool:
+    """Whether an already checked message's signature has been used since.
+
+    A message checked on arrival can still turn out to be a replay by the
+    time it is handled, when its twin was accepted in between.
+    """
+    if session.auth is None:
+        return False
+    try:
+        _, parts = session.feed_identities(frames, copy=False)
+    except ValueError:
+        return False  # not ours to judge: the full check ran on arrival
+    return bool(parts) and _as_bytes(parts[0]) in session.digest_history
 
 
 def check_frames(session: JupyterSession, frames: list[Any]) -> Problem | None:
@@ -86,7 +104,7 @@ def check_frames(session: JupyterSession, frames: list[Any]) -> Problem | None:
         if not signature:
             return Problem("unsigned message")
         if signature in session.digest_history:
-            return Problem("replayed message (signature seen before)")
+            return Problem(REPLAYED)
         if not hmac.compare_digest(signature, session.sign(parts[1:5])):
             return Problem("bad signature")
     try:

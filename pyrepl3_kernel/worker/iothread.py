@@ -9,12 +9,15 @@ file descriptors 1 and 2, so C code and child processes land in the cell.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import codecs
 import ctypes
+import fcntl
 import logging
 import os
 import queue
+import termios
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -72,6 +75,8 @@ class IOThread(threading.Thread):
             name: codecs.getincrementaldecoder("utf-8")("replace") for name in pipes
         }
         self._paused: set[str] = set()
+        # Held while pipe bytes are between the pipe and the outbox.
+        self._reading = threading.Lock()
         self._started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sendq: asyncio.Queue[WorkerMessage] | None = None
@@ -169,17 +174,18 @@ class IOThread(threading.Thread):
             self._paused.add(name)
 
     def _read_pipe_once(self, name: str, fd: int) -> bool:
-        try:
-            data = os.read(fd, PIPE_READ_SIZE)
-        except BlockingIOError:
-            return False
-        if not data:
-            assert self._loop is not None
-            self._loop.remove_reader(fd)
-            return False
-        text = self._decoders[name].decode(data)
-        self._outbox.write(name, text, self._fd_parent(), wait=False)
-        return True
+        with self._reading:
+            try:
+                data = os.read(fd, PIPE_READ_SIZE)
+            except BlockingIOError:
+                return False
+            if data:
+                text = self._decoders[name].decode(data)
+                self._outbox.write(name, text, self._fd_parent(), wait=False)
+                return True
+        assert self._loop is not None
+        self._loop.remove_reader(fd)
+        return False
 
     def _resume_pipes(self) -> None:
         if self._paused and self._outbox.has_credit():
@@ -198,11 +204,30 @@ class IOThread(threading.Thread):
         """
         _libc.fflush(None)
         loop = self._loop
-        if loop is None or threading.current_thread() is self:
+        if loop is None or threading.current_thread() is self or self._pipes_quiet():
             return
         done = new_signal()
         loop.call_soon_threadsafe(self._barrier_in_loop, done)
         wait_for(done)
+
+    def _pipes_quiet(self) -> bool:
+        """Whether no pipe byte is unread, half-decoded or on its way (any thread).
+
+        Then everything written so far is already in the outbox, and the
+        barrier needs no round trip through this thread.
+        """
+        unread = array.array("i", [0])
+        with self._reading:
+            for name, fd in self._pipes.items():
+                if self._decoders[name].getstate()[0]:
+                    return False
+                try:
+                    fcntl.ioctl(fd, termios.FIONREAD, unread, True)
+                except OSError:
+                    return False
+                if unread[0]:
+                    return False
+        return True
 
     def _barrier_in_loop(self, done: threading.Lock) -> None:
         try:
