@@ -11,6 +11,7 @@ answers from the control thread.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import sys
@@ -133,7 +134,28 @@ class PyRepl3Kernel(Kernel):
         super().start()
         loop.add_signal_handler(signal.SIGINT, self._on_sigint)
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        self._quiet_iopub_thread()
         self.io_loop.add_callback(self._start_on_loop)
+
+    def _quiet_iopub_thread(self) -> None:
+        """Stop the IOPub thread's 10-second timer, our last idle wake-up.
+
+        ipykernel's IOPub thread wakes every 10 s to close the event pipes of
+        threads that ended. This process starts no short-lived threads that
+        publish, so there is nothing to collect. The attributes are private:
+        where an ipykernel lacks them, the timer keeps running.
+        """
+        thread = self.iopub_thread
+        if thread is None or not hasattr(thread, "_event_pipe_gc_seconds"):
+            return
+        thread._event_pipe_gc_seconds = math.inf  # the sleep after this one
+
+        def cancel_running_sleep() -> None:
+            task = getattr(thread, "_event_pipe_gc_task", None)
+            if task is not None:
+                task.cancel()
+
+        thread.io_loop.add_callback(cancel_running_sleep)
 
     async def _start_on_loop(self) -> None:
         self.stage = OutputStage(self._publish_output, parent=self)

@@ -3,8 +3,9 @@
 Real kernels through jupyter_client: how many worker processes the pool
 keeps, how fast a warm spare takes over after a crash, the `%pyrepl3`
 magics, `warmup_code`, `cell_timeout` and `memory_limit`, `usage_request` on
-the control channel (also while a cell is busy), and that neither a SIGKILL
-of the kernel nor a shutdown_request leaves a process behind.
+the control channel (also while a cell is busy), that neither a SIGKILL
+of the kernel nor a shutdown_request leaves a process behind, and that an
+idle kernel's process tree does not wake at all.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ KERNEL_KILL_CLEANUP_S = 2.0  # s: workers and their children go ~at once with th
 SHUTDOWN_TIMEOUT = 10.0  # s: from shutdown_request to the last process gone
 SPARE_WATCH_S = 2.0  # s: a kernel without spares is watched this long for a second
 MEMORY_LIMIT = 600 * 10**6  # bytes: far below the 2 GB the test allocates
+IDLE_SETTLE_S = 1.0  # s: after the last cell, for the worker's history write
+IDLE_WATCH_S = 11.0  # s: longer than the 10 s period of ipykernel's IOPub timer
 
 EXIT_3 = "import os\nos._exit(3)"
 USAGE_KEYS = (
@@ -342,3 +345,35 @@ def test_shutdown_request_leaves_no_process_behind(tmp_path: Path) -> None:
             SHUTDOWN_TIMEOUT,
             "every process of the kernel to exit after shutdown_request",
         )
+
+
+def _sleeps_by_thread(tree: list[psutil.Process]) -> dict[tuple[int, int], int]:
+    """Voluntary context switches (a thread waking from a wait), per thread."""
+    counts = {}
+    for process in tree:
+        for task in Path(f"/proc/{process.pid}/task").iterdir():
+            status = (task / "status").read_text()
+            for line in status.splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    counts[process.pid, int(task.name)] = int(line.split()[1])
+    return counts
+
+
+def test_idle_kernel_tree_never_wakes(tmp_path: Path) -> None:
+    """No thread of the kernel, its workers or their guards wakes while idle."""
+    with running_kernel(tmp_path / "ipython") as kernel:
+        kernel.wait_for_full_pool()
+        kernel.client.hb_channel.stop()  # its pings would wake the kernel
+        time.sleep(IDLE_SETTLE_S)
+        tree = kernel.tree()
+        before = _sleeps_by_thread(tree)
+        time.sleep(IDLE_WATCH_S)
+        after = _sleeps_by_thread(tree)
+
+    woke = {
+        f"pid {pid} thread {tid}": after[pid, tid] - count
+        for (pid, tid), count in before.items()
+        if (pid, tid) in after and after[pid, tid] != count
+    }
+    assert len(tree) >= 3, [p.pid for p in tree]  # kernel, two workers (+ guards)
+    assert woke == {}, f"threads woke in {IDLE_WATCH_S} s of idle: {woke}"
