@@ -94,11 +94,19 @@ def run(options: dict[str, Any]) -> None:
     crash_fd, pipes = redirect_fds()
     crash_stream = os.fdopen(crash_fd, "w", buffering=1, closefd=False)
     try:
-        logging.basicConfig(
-            stream=crash_stream,
-            level=options.get("log_level", logging.WARNING),
-            format="[pyrepl3 worker %(process)d] %(levelname)s %(name)s: %(message)s",
+        # Only our own loggers go to the kernel: the root logger stays
+        # unconfigured, so user code's `logging.warning(...)` and
+        # `logging.basicConfig(...)` reach the cell as in any Python.
+        handler = logging.StreamHandler(crash_stream)
+        handler.setFormatter(
+            logging.Formatter(
+                "[pyrepl3 worker %(process)d] %(levelname)s %(name)s: %(message)s"
+            )
         )
+        package_log = logging.getLogger("pyrepl3_kernel")
+        package_log.addHandler(handler)
+        package_log.setLevel(options.get("log_level", logging.WARNING))
+        package_log.propagate = False
         _point_faulthandler(crash_fd)
         os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)
         worker = Worker(options, pipes)

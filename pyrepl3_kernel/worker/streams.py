@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import io
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +33,7 @@ class WorkerStream(io.TextIOBase):
         self._outbox = outbox
         self._parent_of = parent_of
         self._fileno = fileno
+        self.buffer = StreamBuffer(self)
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -60,3 +63,36 @@ class WorkerStream(io.TextIOBase):
         # Ordering against displays and the end of the cell comes from the
         # outbox barrier; a flush only makes waiting text go out now.
         self._outbox.flush()
+
+
+class StreamBuffer(io.BufferedIOBase):
+    """`sys.stdout.buffer`: bytes join the text stream, decoded as UTF-8.
+
+    Bytes that are not UTF-8 show as U+FFFD; a character split across writes
+    is held until its last byte arrives, as a terminal would show it.
+    """
+
+    def __init__(self, text: WorkerStream) -> None:
+        super().__init__()
+        self._text = text
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._text.fileno()
+
+    def write(self, data: Any) -> int:
+        size = memoryview(data).nbytes  # refuses str, as a binary stream must
+        with self._lock:
+            text = self._decoder.decode(bytes(data))
+        self._text.write(text)
+        return size
+
+    def flush(self) -> None:
+        self._text.flush()

@@ -82,6 +82,12 @@ CAPTURE_SOURCES = [
         "hi\n",
         "err\n",
     ),
+    (
+        "the logging module, unconfigured",
+        "import logging\nlogging.warning('logged')",
+        "",
+        "WARNING:root:logged\n",
+    ),
 ]
 
 LIST_ROOT = "import subprocess\n_ = subprocess.run(['ls', '/'])"
@@ -194,6 +200,15 @@ ODD_BYTES = [
         "€\n",
     ),
     ("NUL in print", "print('a\\x00b')", "a\x00b\n"),
+    (
+        "bytes to sys.stdout.buffer, one character split over two writes",
+        (
+            "import sys\ncode = '€'.encode()\n"
+            "_ = sys.stdout.buffer.write(b'\\xffraw ' + code[:1])\n"
+            "_ = sys.stdout.buffer.write(code[1:] + b'\\n')\nsys.stdout.buffer.flush()"
+        ),
+        "\ufffdraw €\n",
+    ),
     ("NUL on fd 1", "import os\n_ = os.write(1, b'c\\x00d\\n')", "c\x00d\n"),
 ]
 
