@@ -8,6 +8,7 @@ guard, and only then the slow imports.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -19,6 +20,7 @@ from typing import Any
 __all__ = ["arm_parent_death", "fork_group_guard", "read_bootstrap", "redirect_fds"]
 
 PR_SET_PDEATHSIG = 1  # prctl option number from <linux/prctl.h>
+_IOLBF = 1  # setvbuf mode "line buffered" from <stdio.h> (glibc, musl)
 
 
 def ignore_sigint_until_ready() -> None:
@@ -86,4 +88,9 @@ def redirect_fds() -> tuple[int, dict[str, int]]:
         os.dup2(write_end, fd)
         os.close(write_end)
         readers[name] = read_end
+    # C stdio buffers a pipe whole; line by line, as on a terminal, C text
+    # reaches the pipe at each newline and keeps its place among prints.
+    libc = ctypes.CDLL(None)
+    with contextlib.suppress(ValueError):  # a libc without a `stdout` symbol
+        libc.setvbuf(ctypes.c_void_p.in_dll(libc, "stdout"), None, _IOLBF, 0)
     return crash_fd, readers

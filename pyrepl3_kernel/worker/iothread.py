@@ -9,15 +9,13 @@ file descriptors 1 and 2, so C code and child processes land in the cell.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import codecs
 import ctypes
-import fcntl
 import logging
 import os
 import queue
-import termios
+import select
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +36,17 @@ logger = logging.getLogger(__name__)
 PIPE_READ_SIZE = 65536  # bytes per read of a capture pipe; one pipe buffer's worth
 
 _libc = ctypes.CDLL(None)
+_libc_holding_gil = ctypes.PyDLL(None)  # only for calls that never block
+
+
+class _PollFd(ctypes.Structure):
+    """`struct pollfd` from <poll.h>."""
+
+    _fields_ = (
+        ("fd", ctypes.c_int),
+        ("events", ctypes.c_short),
+        ("revents", ctypes.c_short),
+    )
 
 
 class IOThread(threading.Thread):
@@ -77,6 +86,10 @@ class IOThread(threading.Thread):
         self._paused: set[str] = set()
         # Held while pipe bytes are between the pipe and the outbox.
         self._reading = threading.Lock()
+        self._peek = (_PollFd * len(pipes))(
+            *(_PollFd(fd, select.POLLIN, 0) for fd in pipes.values())
+        )
+        self._pid = os.getpid()  # a forked child has our object but no thread
         self._started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sendq: asyncio.Queue[WorkerMessage] | None = None
@@ -203,8 +216,22 @@ class IOThread(threading.Thread):
         message posted next is ordered after it.
         """
         _libc.fflush(None)
+        self.catch_up()
+
+    def catch_up(self) -> None:
+        """Put fd text already written ahead of what comes next (any thread).
+
+        Cheap when the pipes are quiet, so the worker's `sys.stdout` calls it
+        at the start of each line: text a child process or C code wrote
+        before a `print` then shows before it.
+        """
         loop = self._loop
-        if loop is None or threading.current_thread() is self or self._pipes_quiet():
+        if (
+            loop is None
+            or threading.current_thread() is self
+            or os.getpid() != self._pid
+            or self._pipes_quiet()
+        ):
             return
         done = new_signal()
         loop.call_soon_threadsafe(self._barrier_in_loop, done)
@@ -216,18 +243,13 @@ class IOThread(threading.Thread):
         Then everything written so far is already in the outbox, and the
         barrier needs no round trip through this thread.
         """
-        unread = array.array("i", [0])
         with self._reading:
-            for name, fd in self._pipes.items():
-                if self._decoders[name].getstate()[0]:
-                    return False
-                try:
-                    fcntl.ioctl(fd, termios.FIONREAD, unread, True)
-                except OSError:
-                    return False
-                if unread[0]:
-                    return False
-        return True
+            if any(decoder.getstate()[0] for decoder in self._decoders.values()):
+                return False
+            # libc's poll with no timeout, called without releasing the GIL:
+            # while output floods, a release would hand the GIL to this
+            # thread and stall the writer for a switch interval.
+            return _libc_holding_gil.poll(self._peek, len(self._peek), 0) == 0
 
     def _barrier_in_loop(self, done: threading.Lock) -> None:
         try:

@@ -164,8 +164,13 @@ class Worker:
     def start(self) -> None:
         """Connect, capture output, build the shell, warm up, say ready."""
         self.io.start_and_wait()
-        sys.stdout = WorkerStream("stdout", self.outbox, self.parent_header, 1)
-        sys.stderr = WorkerStream("stderr", self.outbox, self.parent_header, 2)
+        catch_up = self.io.catch_up
+        sys.stdout = WorkerStream(
+            "stdout", self.outbox, self.parent_header, 1, catch_up
+        )
+        sys.stderr = WorkerStream(
+            "stderr", self.outbox, self.parent_header, 2, catch_up
+        )
         sys.stdin = PromptStdin(self.inputs)
         shell = self._build_shell()
         self.executor = Executor(

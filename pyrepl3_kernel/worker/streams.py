@@ -19,6 +19,8 @@ class WorkerStream(io.TextIOBase):
     Writes from any thread are allowed; a writer waits (interruptibly) while
     the worker is out of output credit. The parent comes from `parent_of`,
     which the shell keeps per thread with a fallback to the running cell.
+    `catch_up`, called before each new line, moves text already written to
+    the file descriptors ahead of it.
     """
 
     def __init__(
@@ -27,12 +29,15 @@ class WorkerStream(io.TextIOBase):
         outbox: Outbox,
         parent_of: Callable[[], dict[str, Any]],
         fileno: int,
+        catch_up: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self.name = name
         self._outbox = outbox
         self._parent_of = parent_of
         self._fileno = fileno
+        self._catch_up = catch_up
+        self._line_start = True
         self.buffer = StreamBuffer(self)
 
     @property
@@ -56,7 +61,12 @@ class WorkerStream(io.TextIOBase):
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if self._line_start and self._catch_up is not None and text:
+            # Once per line, not per write: `print` writes each piece apart.
+            self._catch_up()
         self._outbox.write(self.name, text, self._parent_of(), wait=True, eager=False)
+        if text:
+            self._line_start = text.endswith(("\n", "\r"))
         return len(text)
 
     def flush(self) -> None:

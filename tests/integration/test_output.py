@@ -659,3 +659,35 @@ def test_data_rate_limit_option_slows_output_without_loss(
     assert cell.stdout == _numbered_lines(10_000, "y")
     # One second's burst, then 800 kB at 200 kB/s: about 4 s; ask for 3.
     assert cell.reply_seconds >= 3.0
+
+
+INTERLEAVED_CELL = """\
+import ctypes, os, subprocess, sys
+libc = ctypes.CDLL(None)
+for i in range(3):
+    print('py', i)
+    _ = os.write(1, b'fd %d\\n' % i)
+    _ = libc.puts(b'c %d' % i)
+_ = os.system('echo shell; echo shell-err >&2')
+print('after shell')
+_ = subprocess.run(['echo', 'child'])
+print('after child', file=sys.stderr)
+"""
+INTERLEAVED_LINES = [
+    *(("stdout", line) for i in range(3) for line in (f"py {i}", f"fd {i}", f"c {i}")),
+    ("stdout", "shell"),
+    ("stderr", "shell-err"),
+    ("stdout", "after shell"),
+    ("stdout", "child"),
+    ("stderr", "after child"),
+]
+
+
+def test_fd_text_and_prints_of_one_thread_keep_program_order(
+    driver: KernelDriver,
+) -> None:
+    """C stdio is line-buffered and each printed line first catches up the pipes."""
+    cell = driver.execute(INTERLEAVED_CELL)
+
+    assert cell.status == "ok", cell.output_text()
+    assert cell.stream_lines() == INTERLEAVED_LINES
