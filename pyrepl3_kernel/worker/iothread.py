@@ -249,7 +249,8 @@ class IOThread(threading.Thread):
             # libc's poll with no timeout, called without releasing the GIL:
             # while output floods, a release would hand the GIL to this
             # thread and stall the writer for a switch interval.
-            return _libc_holding_gil.poll(self._peek, len(self._peek), 0) == 0
+            ready: int = _libc_holding_gil.poll(self._peek, len(self._peek), 0)
+            return ready == 0
 
     def _barrier_in_loop(self, done: threading.Lock) -> None:
         try:
