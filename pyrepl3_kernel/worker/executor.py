@@ -9,7 +9,6 @@ dropped, so it can never break the worker's own replies.
 from __future__ import annotations
 
 import logging
-import queue
 import signal
 import sys
 import types
@@ -23,6 +22,7 @@ from IPython.utils.tokenutil import token_at_cursor
 
 from ..protocol.messages import Kind, WorkerMessage
 from .gate import gate
+from .inbox import RequestInbox
 from .inputs import InputBroker
 from .iothread import IOThread
 from .outbox import Outbox
@@ -45,7 +45,7 @@ class Executor:
         io: IOThread,
         outbox: Outbox,
         inputs: InputBroker,
-        requests: queue.Queue[WorkerMessage],
+        requests: RequestInbox,
         on_adopt: Callable[[dict[str, Any]], None],
     ) -> None:
         self.shell = shell

@@ -2,7 +2,7 @@
 
 The thread runs its own asyncio loop. It sends what the `Outbox` ships, in
 order; it reads the worker channel and hands requests to the main thread
-through a plain `queue.Queue`; credits and input replies it handles itself,
+through a `RequestInbox`; credits and input replies it handles itself,
 so they arrive while user code runs. It also reads the pipes that replace
 file descriptors 1 and 2, so C code and child processes land in the cell.
 """
@@ -14,7 +14,6 @@ import codecs
 import ctypes
 import logging
 import os
-import queue
 import select
 import threading
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from ..errors import ProtocolError
 from ..protocol.channel import WorkerChannel
 from ..protocol.messages import Kind, WorkerMessage
 from .gate import new_signal, wait_for
+from .inbox import RequestInbox
 from .outbox import Outbox
 
 __all__ = ["IOThread"]
@@ -67,7 +67,7 @@ class IOThread(threading.Thread):
         endpoint: str,
         key: bytes,
         outbox: Outbox,
-        requests: queue.Queue[WorkerMessage],
+        requests: RequestInbox,
         on_input_reply: Callable[[str, str | None], None],
         fd_parent: Callable[[], dict[str, Any]],
         pipes: dict[str, int],

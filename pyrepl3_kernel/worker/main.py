@@ -5,7 +5,6 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
-import queue
 import resource
 import sys
 import threading
@@ -23,6 +22,7 @@ from traitlets.config import Config
 from ..protocol.messages import Kind, WorkerMessage
 from .bootstrap import redirect_fds
 from .executor import Executor
+from .inbox import RequestInbox
 from .inputs import InputBroker, PromptStdin
 from .iothread import IOThread
 from .magics import PyRepl3Magics
@@ -130,7 +130,7 @@ class Worker:
     def __init__(self, options: dict[str, Any], pipes: dict[str, int]) -> None:
         self._options = options
         self.outbox = Outbox(window=int(options.get("credit_window", 1 << 20)))
-        self.requests: queue.Queue[WorkerMessage] = queue.Queue()
+        self.requests = RequestInbox()
         self.shell: ZMQInteractiveShell | None = None
         self.executor: Executor | None = None
         self._history_enabled = True

@@ -125,3 +125,28 @@ def test_execution_count_counts_failures_but_not_silent_cells(
     assert printed.status == "ok"
     assert syntax.execution_count is not None
     assert printed.execution_count == syntax.execution_count + 1
+
+
+BACKGROUND_TASK = """\
+import asyncio
+async def tick():
+    await asyncio.sleep(0.2)
+    print('tick from the background')
+task = asyncio.ensure_future(tick())
+"""
+
+
+def test_task_started_by_a_cell_runs_on_while_idle(driver: KernelDriver) -> None:
+    """A cell's asyncio task goes on between cells, as in ipykernel (ipywidgets' async
+    examples rely on it), and its output keeps the cell that started it."""
+    started = driver.execute(BACKGROUND_TASK, linger=1.5)
+
+    assert started.status == "ok"
+    assert started.stdout == "tick from the background\n"
+    assert started.has_output_after_idle
+    later = driver.execute(
+        "print(task.done(), asyncio.get_event_loop() is task.get_loop())\n"
+        "print(asyncio.get_event_loop().run_until_complete(asyncio.sleep(0, 'sync')))"
+    )
+    assert later.status == "ok", later.output_text()
+    assert later.stdout == "True True\nsync\n"
