@@ -36,7 +36,10 @@ logger = logging.getLogger(__name__)
 PIPE_READ_SIZE = 65536  # bytes per read of a capture pipe; one pipe buffer's worth
 
 _libc = ctypes.CDLL(None)
-_libc_holding_gil = ctypes.PyDLL(None)  # only for calls that never block
+# poll(2) called without releasing the GIL: only ever with a zero timeout.
+_poll_holding_gil = ctypes.PyDLL(None).poll
+_poll_holding_gil.argtypes = (ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int)
+_poll_holding_gil.restype = ctypes.c_int
 
 
 class _PollFd(ctypes.Structure):
@@ -86,9 +89,11 @@ class IOThread(threading.Thread):
         self._paused: set[str] = set()
         # Held while pipe bytes are between the pipe and the outbox.
         self._reading = threading.Lock()
+        self._split: set[str] = set()  # pipes whose decoder holds part of a character
         self._peek = (_PollFd * len(pipes))(
             *(_PollFd(fd, select.POLLIN, 0) for fd in pipes.values())
         )
+        self._peek_at = ctypes.addressof(self._peek)
         self._pid = os.getpid()  # a forked child has our object but no thread
         self._started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -193,7 +198,12 @@ class IOThread(threading.Thread):
             except BlockingIOError:
                 return False
             if data:
-                text = self._decoders[name].decode(data)
+                decoder = self._decoders[name]
+                text = decoder.decode(data)
+                if decoder.getstate()[0]:
+                    self._split.add(name)
+                else:
+                    self._split.discard(name)
                 self._outbox.write(name, text, self._fd_parent(), wait=False)
                 return True
         assert self._loop is not None
@@ -244,12 +254,11 @@ class IOThread(threading.Thread):
         barrier needs no round trip through this thread.
         """
         with self._reading:
-            if any(decoder.getstate()[0] for decoder in self._decoders.values()):
+            if self._split:
                 return False
-            # libc's poll with no timeout, called without releasing the GIL:
-            # while output floods, a release would hand the GIL to this
-            # thread and stall the writer for a switch interval.
-            ready: int = _libc_holding_gil.poll(self._peek, len(self._peek), 0)
+            # Keeping the GIL matters: a release, however short, hands it to
+            # this thread while output floods, and the writer waits its turn.
+            ready: int = _poll_holding_gil(self._peek_at, len(self._peek), 0)
             return ready == 0
 
     def _barrier_in_loop(self, done: threading.Lock) -> None:
@@ -259,7 +268,9 @@ class IOThread(threading.Thread):
                     pass
                 # A character cut off at a barrier is shown as broken there,
                 # not carried into whatever comes after the barrier.
-                rest = self._decoders[name].decode(b"", final=True)
+                with self._reading:
+                    rest = self._decoders[name].decode(b"", final=True)
+                    self._split.discard(name)
                 if rest:
                     self._outbox.write(name, rest, self._fd_parent(), wait=False)
             self._outbox.drain()
