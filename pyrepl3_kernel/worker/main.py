@@ -224,14 +224,17 @@ class Worker:
         )
         shell.history_manager = manager
         shell.configurables.append(manager)
-        # In/Out and their aliases must name the new manager's lists.
-        shell.user_ns.update(
-            In=manager.input_hist_parsed,
-            _ih=manager.input_hist_parsed,
-            Out=manager.output_hist,
-            _oh=manager.output_hist,
-            _dh=manager.dir_hist,
-        )
+        # In/Out and their aliases must name the new manager's lists, and stay
+        # hidden from `%who` and friends as IPython's own are.
+        names = {
+            "In": manager.input_hist_parsed,
+            "_ih": manager.input_hist_parsed,
+            "Out": manager.output_hist,
+            "_oh": manager.output_hist,
+            "_dh": manager.dir_hist,
+        }
+        shell.user_ns.update(names)
+        shell.user_ns_hidden.update(names)
 
     def serve(self) -> None:
         """Answer requests until the kernel asks us to stop."""

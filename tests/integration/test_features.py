@@ -648,3 +648,14 @@ def test_control_requests_are_answered_while_a_cell_runs(
     assert kernel.reply(cell_id)["content"]["status"] == "ok"
     assert answered < BUSY_CELL_SECONDS, "control replies waited for the cell to end"
     kernel.until_idle(cell_id)
+
+
+def test_who_lists_only_the_users_variables(driver: KernelDriver) -> None:
+    """In, Out and their aliases stay hidden, as in ipykernel."""
+    cell = driver.execute("only_mine = 1\n%who_ls")
+
+    assert cell.status == "ok", cell.output_text()
+    shown = cell.displays[-1]["data"]["text/plain"]
+    assert "'only_mine'" in shown
+    for hidden in ("'In'", "'Out'", "'_ih'", "'_oh'", "'_dh'"):
+        assert hidden not in shown
