@@ -32,6 +32,7 @@ __all__ = ["Executor"]
 logger = logging.getLogger(__name__)
 
 COMPLETION_TYPES_KEY = "_jupyter_types_experimental"  # metadata key frontends read
+TRACEBACK_ENDS = 100  # frames shown at each end of a deeper traceback
 
 Handler = Callable[[WorkerMessage], dict[str, Any] | None]
 
@@ -79,6 +80,8 @@ class Executor:
             etype, value, tb = exc_tuple or sys.exc_info()
             if etype is KeyboardInterrupt:
                 _cut_handler_frame(tb)
+            if isinstance(value, BaseException):
+                _shorten_deep_traceback(value)
             return show((etype, value, tb), *args, **kwargs)
 
         self.shell.showtraceback = showtraceback
@@ -329,6 +332,35 @@ def _cut_handler_frame(tb: types.TracebackType | None) -> None:
                 previous.tb_next = None
             return
         previous, tb = tb, tb.tb_next
+
+
+def _shorten_deep_traceback(error: BaseException) -> None:
+    """Cut the middle out of very deep tracebacks, in place (chained ones too).
+
+    IPython formats every frame, at about a millisecond each: the 3,000
+    frames of a RecursionError take seconds, and a recursion limit raised to
+    a million would keep the cell busy for many minutes before its error
+    showed. The frames kept at both ends are the ones that say what happened.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        pending += [current.__cause__, current.__context__]
+        entries: list[types.TracebackType] = []
+        node = current.__traceback__
+        while node is not None:
+            entries.append(node)
+            node = node.tb_next
+        omitted = len(entries) - 2 * TRACEBACK_ENDS
+        if omitted > 0:
+            entries[TRACEBACK_ENDS - 1].tb_next = entries[-TRACEBACK_ENDS]
+            current.add_note(
+                f"({omitted} frames in the middle of this traceback are not shown)"
+            )
 
 
 def _error_reply(error: BaseException | None, traceback: list[str]) -> dict[str, Any]:

@@ -102,6 +102,35 @@ def test_unbounded_repr_recursion_raises_recursionerror(driver: KernelDriver) ->
     driver.assert_next_cell_works()
 
 
+DEEP_RECURSION = """\
+import sys
+sys.setrecursionlimit(200_000)
+def down(n):
+    return down(n + 1)
+try:
+    down(0)
+finally:
+    sys.setrecursionlimit(3000)
+"""
+
+
+def test_deep_recursion_error_is_shown_without_formatting_every_frame(
+    driver: KernelDriver,
+) -> None:
+    """A RecursionError 200,000 frames deep answers in seconds, not minutes.
+
+    IPython formats each frame at about a millisecond; the middle of a very
+    deep traceback is left out and a note says how many frames that was.
+    """
+    cell = driver.execute(DEEP_RECURSION, timeout=60)
+
+    assert cell.status == "error"
+    assert cell.ename == "RecursionError"
+    assert "frames in the middle of this traceback are not shown" in cell.output_text()
+    assert cell.reply_seconds <= 30
+    driver.assert_next_cell_works()
+
+
 def test_sigkill_of_code_process_gives_error_reply(driver: KernelDriver) -> None:
     """A SIGKILL, as from the OOM killer, ends the cell in error (jupyter/help#418)."""
     cell = driver.execute(SELF_KILL, timeout=15)
