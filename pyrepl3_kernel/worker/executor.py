@@ -9,6 +9,7 @@ dropped, so it can never break the worker's own replies.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import types
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 COMPLETION_TYPES_KEY = "_jupyter_types_experimental"  # metadata key frontends read
 TRACEBACK_ENDS = 100  # frames shown at each end of a deeper traceback
+WORKER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 Handler = Callable[[WorkerMessage], dict[str, Any] | None]
 
@@ -78,8 +80,7 @@ class Executor:
 
         def showtraceback(exc_tuple: Any = None, *args: Any, **kwargs: Any) -> Any:
             etype, value, tb = exc_tuple or sys.exc_info()
-            if etype is KeyboardInterrupt:
-                _cut_handler_frame(tb)
+            _cut_worker_frames(tb)
             if isinstance(value, BaseException):
                 _shorten_deep_traceback(value)
             return show((etype, value, tb), *args, **kwargs)
@@ -319,19 +320,22 @@ class Executor:
         return {"status": "ok", "execution_count": self.shell.execution_count}
 
 
-def _cut_handler_frame(tb: types.TracebackType | None) -> None:
-    """Drop our SIGINT handler's frame from a KeyboardInterrupt traceback.
+def _cut_worker_frames(tb: types.TracebackType | None) -> None:
+    """Drop the worker's own frames from the bottom of a user's traceback.
 
-    The user interrupted their code; the handler that raised on their behalf
-    is noise at the bottom of the traceback.
+    An exception raised in the worker's machinery on user code's behalf
+    (an interrupt landing in the SIGINT handler or inside `print`, a bad
+    argument to `sys.stdout.write`) reads to the user like one from a
+    builtin: their own frame last. A traceback of worker frames alone is
+    left whole.
     """
-    previous = None
+    last_user = None
     while tb is not None:
-        if tb.tb_frame.f_code is Executor._on_sigint.__code__:
-            if previous is not None:
-                previous.tb_next = None
-            return
-        previous, tb = tb, tb.tb_next
+        if not tb.tb_frame.f_code.co_filename.startswith(WORKER_DIR):
+            last_user = tb
+        tb = tb.tb_next
+    if last_user is not None:
+        last_user.tb_next = None
 
 
 def _shorten_deep_traceback(error: BaseException) -> None:

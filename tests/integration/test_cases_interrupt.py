@@ -122,6 +122,9 @@ def test_interrupt_stops_print_flood_with_coalesced_output(
     assert cell.seconds_after_interrupt <= 5
     assert len(cell.streams) <= 1000
     assert "row " in cell.output_text()
+    # The interrupt lands inside print: the user's frame is still the last.
+    tracebacks = "\n".join("\n".join(e.get("traceback", [])) for e in cell.errors)
+    assert "pyrepl3_kernel" not in tracebacks
     driver.assert_alive()
     driver.assert_next_cell_works()
 
