@@ -9,7 +9,8 @@ uses and that this thread also gets as its current loop, until a request
 arrives. With nothing scheduled the loop waits in epoll without a timeout:
 an idle worker still never wakes. During a synchronous cell no loop runs,
 as in a script, so `asyncio.run(...)` and `loop.run_until_complete(...)`
-work there.
+work there; `asyncio.create_task(...)` there hands the task to the cells'
+loop (see `let_sync_cells_create_tasks`), where in a script it would fail.
 """
 
 from __future__ import annotations
@@ -19,14 +20,38 @@ import logging
 import queue
 import threading
 import traceback
+from typing import Any
 
 from IPython.core.async_helpers import get_asyncio_loop
 
 from ..protocol.messages import WorkerMessage
 
-__all__ = ["RequestInbox"]
+__all__ = ["RequestInbox", "let_sync_cells_create_tasks"]
 
 logger = logging.getLogger(__name__)
+
+
+def let_sync_cells_create_tasks() -> None:
+    """Make `asyncio.create_task` with no running loop use the cells' loop.
+
+    In ipykernel a loop is always running, so notebooks start background
+    work with `asyncio.create_task(...)` in plain cells. Here none runs
+    during a synchronous cell (which is what lets `asyncio.run` work), so
+    without a running loop the task goes to the loop that runs between cells
+    and under top-level `await`. With a running loop nothing changes.
+    """
+    original = asyncio.tasks.create_task
+
+    def create_task(coro: Any, **options: Any) -> asyncio.Task[Any]:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            loop: asyncio.AbstractEventLoop = get_asyncio_loop()
+            return loop.create_task(coro, **options)
+        return original(coro, **options)
+
+    create_task.__doc__ = original.__doc__
+    asyncio.create_task = asyncio.tasks.create_task = create_task
 
 
 def _settle(arrival: asyncio.Future[None]) -> None:

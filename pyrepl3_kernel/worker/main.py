@@ -22,7 +22,7 @@ from traitlets.config import Config
 from ..protocol.messages import Kind, WorkerMessage
 from .bootstrap import redirect_fds
 from .executor import Executor
-from .inbox import RequestInbox
+from .inbox import RequestInbox, let_sync_cells_create_tasks
 from .inputs import InputBroker, PromptStdin
 from .iothread import IOThread
 from .magics import PyRepl3Magics
@@ -172,6 +172,7 @@ class Worker:
             "stderr", self.outbox, self.parent_header, 2, catch_up
         )
         sys.stdin = PromptStdin(self.inputs)
+        let_sync_cells_create_tasks()
         shell = self._build_shell()
         self.executor = Executor(
             shell, self.io, self.outbox, self.inputs, self.requests, self.adopt

@@ -150,3 +150,24 @@ def test_task_started_by_a_cell_runs_on_while_idle(driver: KernelDriver) -> None
     )
     assert later.status == "ok", later.output_text()
     assert later.stdout == "True True\nsync\n"
+
+
+CREATE_TASK = """\
+import asyncio
+async def answer():
+    await asyncio.sleep(0.05)
+    return 42
+task = asyncio.create_task(answer())
+"""
+
+
+def test_create_task_in_a_plain_cell_runs_on_the_cells_loop(
+    driver: KernelDriver,
+) -> None:
+    """asyncio.create_task in a cell without await works, as in ipykernel."""
+    created = driver.execute(CREATE_TASK)
+    assert created.status == "ok", created.output_text()
+
+    awaited = driver.execute("print(await task)")
+    assert awaited.status == "ok", awaited.output_text()
+    assert awaited.stdout == "42\n"
