@@ -239,10 +239,15 @@ class PyRepl3Kernel(Kernel):
     async def dispatch_shell(
         self, msg: list[Any], /, *args: Any, **kwargs: Any
     ) -> None:
-        # The shell thread checked the message whole; only a replay of one
-        # still in flight during that check is detectable just here.
         is_marker = len(msg) == 1  # ipykernel's internal "stop aborting" marker
-        if not is_marker and self.session is not None and replayed(self.session, msg):
+        if is_marker or self.session is None:
+            pass
+        elif self.shell_channel_thread is None:  # an app that reads shell here
+            if not self._accept(msg, self.shell_stream):
+                return
+        elif replayed(self.session, msg):
+            # The shell thread checked the message whole; only a replay of
+            # one still in flight during that check is detectable just here.
             self.log.warning("refused shell message reason=%s", REPLAYED)
             return
         await super().dispatch_shell(msg, *args, **kwargs)

@@ -94,7 +94,8 @@ class IOThread(threading.Thread):
             *(_PollFd(fd, select.POLLIN, 0) for fd in pipes.values())
         )
         self._peek_at = ctypes.addressof(self._peek)
-        self._pid = os.getpid()  # a forked child has our object but no thread
+        self._forked = False  # a forked child has our object but no thread
+        os.register_at_fork(after_in_child=self._after_fork)
         self._started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sendq: asyncio.Queue[WorkerMessage] | None = None
@@ -238,14 +239,17 @@ class IOThread(threading.Thread):
         loop = self._loop
         if (
             loop is None
-            or threading.current_thread() is self
-            or os.getpid() != self._pid
+            or self._forked
+            or threading.get_ident() == self.ident
             or self._pipes_quiet()
         ):
             return
         done = new_signal()
         loop.call_soon_threadsafe(self._barrier_in_loop, done)
         wait_for(done)
+
+    def _after_fork(self) -> None:
+        self._forked = True
 
     def _pipes_quiet(self) -> bool:
         """Whether no pipe byte is unread, half-decoded or on its way (any thread).
