@@ -17,6 +17,7 @@ __all__ = [
     "KernelUnderTest",
     "input_count",
     "is_gone",
+    "reap",
     "running_kernel",
     "wait_until",
 ]
@@ -188,10 +189,10 @@ def running_kernel(
                 manager.shutdown_kernel(now=failed)
         finally:
             # A failure already on its way out is not masked by this report.
-            _reap(tree, report=not failed)
+            reap(tree, report=not failed)
 
 
-def _reap(tree: list[psutil.Process], report: bool) -> None:
+def reap(tree: list[psutil.Process], report: bool) -> None:
     """Wait for every process of `tree` to exit; kill and report the survivors."""
     deadline = time.monotonic() + EXIT_TIMEOUT
     alive = [p for p in tree if not is_gone(p)]

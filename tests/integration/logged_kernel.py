@@ -23,7 +23,6 @@ __all__ = [
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +31,12 @@ import psutil
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 from kernel_driver import KernelDriver
-from kernel_processes import POLL_INTERVAL, describe, is_gone, wait_until
+from kernel_processes import is_gone, reap, wait_until
 
 KERNEL_NAME = "pyrepl3"  # these tests look at pyrepl3's own workers and sockets
 WORKER_MODULE = "pyrepl3_kernel.worker"  # argv element of every worker process
 PRIVATE_DIR_MARK = "/pyrepl3-"  # the private directory's name starts so
 STARTUP_TIMEOUT = 60.0  # s: a cold start on a busy two-core machine
-EXIT_TIMEOUT = 10.0  # s: processes of a kernel may take this long after shutdown
 
 
 @dataclass
@@ -107,8 +105,8 @@ def logged_kernel(
     `env` adds variables to the test's environment; `cwd` is the kernel's
     working directory. On exit the kernel is asked to shut down (and killed
     if it does not) and every process of its tree seen then must exit within
-    EXIT_TIMEOUT; survivors are killed and the exit fails (unless the body
-    already failed).
+    `kernel_processes.EXIT_TIMEOUT`; survivors are killed and the exit fails
+    (unless the body already failed).
     """
     kernel_env = dict(os.environ)
     # ipykernel-style capture turns itself off when it sees this variable.
@@ -153,19 +151,4 @@ def _stop(manager: KernelManager, client: BlockingKernelClient, report: bool) ->
         else:
             manager.cleanup_resources()
     finally:
-        _reap(tree, report)
-
-
-def _reap(tree: list[psutil.Process], report: bool) -> None:
-    """Wait for every process of `tree` to exit; kill and report the survivors."""
-    deadline = time.monotonic() + EXIT_TIMEOUT
-    alive = [p for p in tree if not is_gone(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(POLL_INTERVAL)
-        alive = [p for p in alive if not is_gone(p)]
-    left = [describe(p) for p in alive]
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            process.kill()  # psutil refuses if the pid now names another process
-    if left and report:
-        raise AssertionError(f"kernel processes still ran after shutdown: {left}")
+        reap(tree, report)

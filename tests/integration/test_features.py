@@ -27,6 +27,7 @@ import psutil
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
+from kernel_driver import KernelDriver
 
 KERNEL_NAME = os.environ.get("PYREPL3_TEST_KERNEL", "pyrepl3")
 
