@@ -15,9 +15,16 @@ import os
 import select
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["arm_parent_death", "fork_group_guard", "read_bootstrap", "redirect_fds"]
+__all__ = [
+    "arm_parent_death",
+    "fork_group_guard",
+    "read_bootstrap",
+    "redirect_fds",
+    "sigint_blocked",
+]
 
 PR_SET_PDEATHSIG = 1  # prctl option number from <linux/prctl.h>
 _IOLBF = 1  # setvbuf mode "line buffered" from <stdio.h> (glibc, musl)
@@ -26,6 +33,23 @@ _IOLBF = 1  # setvbuf mode "line buffered" from <stdio.h> (glibc, musl)
 def ignore_sigint_until_ready() -> None:
     """Drop SIGINT until the executor installs its real handler."""
     signal.signal(signal.SIGINT, lambda signum, frame: None)
+
+
+@contextlib.contextmanager
+def sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread meanwhile; threads started inside inherit it.
+
+    The kernel's interrupt is a process-wide SIGINT, and Linux may hand it to
+    any thread that does not block it. Only the main thread runs Python's
+    handler, and a main thread asleep in a system call (`recv`, `sleep`) is
+    woken only when the signal lands on it. So the worker's own threads are
+    started with SIGINT blocked, and the signal can only go to the main one.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def arm_parent_death(parent_pid: int) -> None:

@@ -20,7 +20,7 @@ from jupyter_client.session import extract_header
 from traitlets.config import Config
 
 from ..protocol.messages import Kind, WorkerMessage
-from .bootstrap import redirect_fds
+from .bootstrap import redirect_fds, sigint_blocked
 from .executor import Executor
 from .inbox import RequestInbox, let_sync_cells_create_tasks
 from .inputs import InputBroker, PromptStdin
@@ -163,7 +163,8 @@ class Worker:
 
     def start(self) -> None:
         """Connect, capture output, build the shell, warm up, say ready."""
-        self.io.start_and_wait()
+        with sigint_blocked():
+            self.io.start_and_wait()
         catch_up = self.io.catch_up
         sys.stdout = WorkerStream(
             "stdout", self.outbox, self.parent_header, 1, catch_up
@@ -173,7 +174,8 @@ class Worker:
         )
         sys.stdin = PromptStdin(self.inputs)
         let_sync_cells_create_tasks()
-        shell = self._build_shell()
+        with sigint_blocked():  # IPython starts its history thread here
+            shell = self._build_shell()
         self.executor = Executor(
             shell, self.io, self.outbox, self.inputs, self.requests, self.adopt
         )
@@ -184,12 +186,13 @@ class Worker:
             _prewarm_tracebacks(shell)
         else:
             # The first worker is awaited by the user: warm up behind their back.
-            threading.Thread(
-                target=_prewarm_tracebacks,
-                args=(shell,),
-                name="pyrepl3-prewarm",
-                daemon=True,
-            ).start()
+            with sigint_blocked():
+                threading.Thread(
+                    target=_prewarm_tracebacks,
+                    args=(shell,),
+                    name="pyrepl3-prewarm",
+                    daemon=True,
+                ).start()
         _apply_memory_limit(self._options.get("memory_limit"))
         self.executor.install_sigint()
         self.post_ordered(WorkerMessage(Kind.READY, {"pid": os.getpid()}))
@@ -220,9 +223,10 @@ class Worker:
         shell = self.shell
         assert shell is not None
         shell.execution_count = int(content.get("execution_count", 1))
-        manager = HistoryManager(
-            shell=shell, parent=shell, enabled=self._history_enabled
-        )
+        with sigint_blocked():  # its saving thread must not take interrupts
+            manager = HistoryManager(
+                shell=shell, parent=shell, enabled=self._history_enabled
+            )
         shell.history_manager = manager
         shell.configurables.append(manager)
         # In/Out and their aliases must name the new manager's lists, and stay

@@ -569,3 +569,24 @@ def test_metrics_count_cancel_triggers_cancellations_and_escalations(
     assert after_c_call.get("executions_cancelled", 0) >= 1, after_c_call
     assert after_c_call.get("escalations", 0) >= 1, after_c_call
     assert after_c_call.get("replacements", 0) >= 1, after_c_call
+
+
+THREAD_SIGNAL_MASKS = """\
+import signal, threading
+own = {'MainThread', 'pyrepl3-io', 'IPythonHistorySavingThread'}
+for thread in (t for t in threading.enumerate() if t.name in own):
+    with open(f'/proc/self/task/{thread.native_id}/status') as status:
+        blocked = next(l for l in status if l.startswith('SigBlk:')).split()[1]
+    print(thread.name, bool(int(blocked, 16) & (1 << (signal.SIGINT - 1))))
+"""
+
+
+def test_only_the_main_thread_of_a_worker_can_take_sigint(driver: KernelDriver) -> None:
+    """The worker's own threads block SIGINT, so an interrupt always lands on the
+    main thread, even while it sleeps in a system call such as recv()."""
+    cell = driver.execute(THREAD_SIGNAL_MASKS)
+
+    assert cell.status == "ok", cell.output_text()
+    blocked = dict(line.split() for line in cell.stdout.splitlines())
+    assert blocked.pop("MainThread") == "False"
+    assert blocked == {"pyrepl3-io": "True", "IPythonHistorySavingThread": "True"}
