@@ -88,7 +88,9 @@ class Executor:
         self.shell.showtraceback = showtraceback
 
     def _on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
-        req = self._user_code
+        # A request kept waiting by a background task that blocks the loop
+        # is freed by interrupting that task, as a terminal would.
+        req = self._user_code or self._requests.waiting_behind_tasks()
         if req is None:
             logger.debug("worker dropped a SIGINT outside user code")
             return

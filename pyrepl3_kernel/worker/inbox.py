@@ -16,8 +16,11 @@ loop (see `let_sync_cells_create_tasks`), where in a script it would fail.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import os
 import queue
+import sys
 import threading
 import traceback
 from typing import Any
@@ -66,9 +69,19 @@ class RequestInbox:
         self._queue: queue.SimpleQueue[WorkerMessage] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._arrival: asyncio.Future[None] | None = None  # what `get` runs for
+        self._waiting: collections.deque[str] = collections.deque()  # their reqs
+
+    def waiting_behind_tasks(self) -> str | None:
+        """The oldest request kept waiting while background tasks run, if any."""
+        with self._lock:
+            if self._arrival is None or not self._waiting:
+                return None
+            return self._waiting[0]
 
     def put(self, message: WorkerMessage) -> None:
         """Hand over one request (any thread); wakes a running wait."""
+        with self._lock:
+            self._waiting.append(message.req)
         self._queue.put(message)
         with self._lock:
             arrival = self._arrival
@@ -82,12 +95,19 @@ class RequestInbox:
         """The next request (main thread), running the cells' loop meanwhile."""
         while True:
             try:
-                return self._queue.get_nowait()
+                message = self._queue.get_nowait()
             except queue.Empty:
                 pass
+            else:
+                with self._lock:
+                    self._waiting.popleft()
+                return message
             loop = get_asyncio_loop()
             if loop.is_running():  # called from inside a task: just block
-                return self._queue.get()
+                message = self._queue.get()
+                with self._lock:
+                    self._waiting.popleft()
+                return message
             asyncio.set_event_loop(loop)  # what `asyncio.get_event_loop()` gives cells
             arrival = loop.create_future()
             with self._lock:
@@ -95,10 +115,24 @@ class RequestInbox:
             try:
                 if self._queue.empty():  # else it slipped in before `_arrival` was set
                     loop.run_until_complete(arrival)
-            except BaseException:  # noqa: BLE001 - a background task's, not ours
-                # Shown under the last cell, as a task's own output would be;
-                # the worker must go on serving.
-                traceback.print_exc()
+            except Exception:  # noqa: BLE001 - user code stopped the loop: wait again
+                logger.debug("the cells' loop stopped before a request came")
+            except BaseException as exc:  # noqa: BLE001 - a task's interrupt or exit
+                # Shown under the last cell, as the task's own output would be,
+                # from the task's frames on; the worker goes on serving.
+                _report_task_escape(exc)
             finally:
                 with self._lock:
                     self._arrival = None
+
+
+_NOT_USER = (os.path.dirname(asyncio.__file__), os.path.dirname(__file__))
+
+
+def _report_task_escape(exc: BaseException) -> None:
+    """Print a background task's KeyboardInterrupt or SystemExit, its frames only."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_NOT_USER):
+        tb = tb.tb_next
+    print(f"A background task stopped with {type(exc).__name__}:", file=sys.stderr)
+    traceback.print_exception(type(exc), exc, tb, file=sys.stderr)

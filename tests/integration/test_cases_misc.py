@@ -171,3 +171,31 @@ def test_create_task_in_a_plain_cell_runs_on_the_cells_loop(
     awaited = driver.execute("print(await task)")
     assert awaited.status == "ok", awaited.output_text()
     assert awaited.stdout == "42\n"
+
+
+BLOCKING_TASK = """\
+import asyncio, time
+kept = 42
+async def hog():
+    await asyncio.sleep(0.2)
+    print('hogging the loop', flush=True)
+    time.sleep(60)  # blocks the loop the worker runs between cells
+hog_task = asyncio.create_task(hog())
+"""
+
+
+def test_interrupt_frees_a_cell_queued_behind_a_blocking_task(
+    driver: KernelDriver,
+) -> None:
+    """The interrupt lands in the background task; the cell runs, nothing is lost."""
+    started = driver.execute(BLOCKING_TASK)
+    assert started.status == "ok", started.output_text()
+
+    hogging = driver.wait_until(lambda: "hogging" in started.stdout, 10.0)
+    assert hogging, "the background task never started"
+    cell = driver.execute("print('ran', kept)", interrupt_after=[0.5], timeout=30)
+
+    assert cell.status == "ok", cell.output_text()
+    assert cell.stdout == "ran 42\n"
+    assert cell.reply_seconds < 10
+    driver.assert_next_cell_works()
