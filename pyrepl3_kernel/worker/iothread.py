@@ -87,6 +87,8 @@ class IOThread(threading.Thread):
             name: codecs.getincrementaldecoder("utf-8")("replace") for name in pipes
         }
         self._paused: set[str] = set()
+        # Called first at each barrier: Python-level buffers that hold text back.
+        self.before_barrier: list[Callable[[], None]] = []
         # Held while pipe bytes are between the pipe and the outbox.
         self._reading = threading.Lock()
         self._split: set[str] = set()  # pipes whose decoder holds part of a character
@@ -226,6 +228,8 @@ class IOThread(threading.Thread):
         Returns once all output written before the call is on its way, so a
         message posted next is ordered after it.
         """
+        for finish in self.before_barrier:
+            finish()
         _libc.fflush(None)
         self.catch_up()
 

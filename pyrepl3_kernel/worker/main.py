@@ -172,6 +172,7 @@ class Worker:
         sys.stderr = WorkerStream(
             "stderr", self.outbox, self.parent_header, 2, catch_up
         )
+        self.io.before_barrier += [sys.stdout.buffer.finish, sys.stderr.buffer.finish]
         sys.stdin = PromptStdin(self.inputs)
         let_sync_cells_create_tasks()
         with sigint_blocked():  # IPython starts its history thread here

@@ -61,6 +61,12 @@ class WorkerStream(io.TextIOBase):
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if text and self.buffer.holds_partial_character():
+            self.buffer.finish()  # the cut character goes before this text
+        return self.write_decoded(text)
+
+    def write_decoded(self, text: str) -> int:
+        """Write text that `buffer` decoded (it keeps its own partial bytes)."""
         if self._line_start and self._catch_up is not None and text:
             # Once per line, not per write: `print` writes each piece apart.
             self._catch_up()
@@ -79,7 +85,8 @@ class StreamBuffer(io.BufferedIOBase):
     """`sys.stdout.buffer`: bytes join the text stream, decoded as UTF-8.
 
     Bytes that are not UTF-8 show as U+FFFD; a character split across writes
-    is held until its last byte arrives, as a terminal would show it.
+    is held until its last byte arrives, as a terminal would show it, but no
+    longer than the next text on the stream or the next barrier.
     """
 
     def __init__(self, text: WorkerStream) -> None:
@@ -101,8 +108,17 @@ class StreamBuffer(io.BufferedIOBase):
         size = memoryview(data).nbytes  # refuses str, as a binary stream must
         with self._lock:
             text = self._decoder.decode(bytes(data))
-        self._text.write(text)
+        self._text.write_decoded(text)
         return size
+
+    def holds_partial_character(self) -> bool:
+        return bool(self._decoder.getstate()[0])
+
+    def finish(self) -> None:
+        """Show a character still cut off as U+FFFD (at barriers, before text)."""
+        with self._lock:
+            rest = self._decoder.decode(b"", final=True)
+        self._text.write_decoded(rest)
 
     def flush(self) -> None:
         self._text.flush()

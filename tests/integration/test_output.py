@@ -210,6 +210,16 @@ ODD_BYTES = [
         "\ufffdraw €\n",
     ),
     ("NUL on fd 1", "import os\n_ = os.write(1, b'c\\x00d\\n')", "c\x00d\n"),
+    (
+        "half a character left in sys.stdout.buffer, then a print",
+        "import sys\n_ = sys.stdout.buffer.write('€'.encode()[:2])\nprint('X')",
+        "\ufffdX\n",
+    ),
+    (
+        "half a character left in sys.stdout.buffer at the end of the cell",
+        "import sys\n_ = sys.stdout.buffer.write(b'end ' + '€'.encode()[:2])",
+        "end \ufffd",
+    ),
 ]
 
 FD_PROGRESS_BAR = """\
