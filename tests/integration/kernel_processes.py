@@ -17,9 +17,11 @@ __all__ = [
     "KernelUnderTest",
     "input_count",
     "is_gone",
+    "process_tree",
     "reap",
     "running_kernel",
     "wait_until",
+    "worker_processes",
 ]
 
 import contextlib
@@ -62,6 +64,28 @@ def wait_until(
     return time.monotonic() - start
 
 
+def worker_processes(kernel: psutil.Process) -> list[psutil.Process]:
+    """Live worker processes that are direct children of `kernel`.
+
+    A worker's group guard is a fork of the worker, so it is a grandchild
+    of the kernel and is not counted.
+    """
+    found = []
+    for child in kernel.children():
+        with contextlib.suppress(psutil.Error):
+            if WORKER_MODULE in child.cmdline() and not is_gone(child):
+                found.append(child)
+    return found
+
+
+def process_tree(kernel: psutil.Process) -> list[psutil.Process]:
+    """`kernel` and every descendant alive now."""
+    try:
+        return [kernel, *kernel.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def is_gone(process: psutil.Process) -> bool:
     """The process exited (a zombie nobody reaped yet counts as exited)."""
     try:
@@ -91,27 +115,13 @@ class KernelUnderTest:
         return self.driver.client
 
     def workers(self) -> list[psutil.Process]:
-        """Live worker processes that are direct children of the kernel.
-
-        A worker's group guard is a fork of the worker, so it is a grandchild
-        of the kernel and is not counted.
-        """
-        found = []
-        for child in self.process.children():
-            with contextlib.suppress(psutil.Error):
-                if WORKER_MODULE in child.cmdline() and not is_gone(child):
-                    found.append(child)
-        return found
+        return worker_processes(self.process)
 
     def worker_pids(self) -> set[int]:
         return {worker.pid for worker in self.workers()}
 
     def tree(self) -> list[psutil.Process]:
-        """The kernel and every descendant alive now."""
-        try:
-            return [self.process, *self.process.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
+        return process_tree(self.process)
 
     def run(self, code: str, timeout: float = 30.0) -> Execution:
         return self.driver.execute(code, timeout=timeout)

@@ -31,10 +31,16 @@ import psutil
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 from kernel_driver import KernelDriver
-from kernel_processes import is_gone, reap, wait_until
+from kernel_processes import (
+    WORKER_MODULE,
+    is_gone,
+    process_tree,
+    reap,
+    wait_until,
+    worker_processes,
+)
 
 KERNEL_NAME = "pyrepl3"  # these tests look at pyrepl3's own workers and sockets
-WORKER_MODULE = "pyrepl3_kernel.worker"  # argv element of every worker process
 PRIVATE_DIR_MARK = "/pyrepl3-"  # the private directory's name starts so
 STARTUP_TIMEOUT = 60.0  # s: a cold start on a busy two-core machine
 
@@ -62,20 +68,10 @@ class LoggedKernel:
         return self.log_since(0)
 
     def tree(self) -> list[psutil.Process]:
-        """The kernel and every descendant alive now."""
-        try:
-            return [self.process, *self.process.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
+        return process_tree(self.process)
 
     def workers(self) -> list[psutil.Process]:
-        """Live worker processes that are direct children of the kernel."""
-        found = []
-        for child in self.process.children():
-            with contextlib.suppress(psutil.Error):
-                if WORKER_MODULE in child.cmdline() and not is_gone(child):
-                    found.append(child)
-        return found
+        return worker_processes(self.process)
 
     def socket_paths(self) -> set[str]:
         """Paths of the Unix sockets the kernel bound for its workers."""
